@@ -1,0 +1,41 @@
+"""boto3 clients, created once per container, lazily, with short timeouts.
+
+botocore's defaults (legacy retries, 60 s connect and read timeouts) would outlast Zeyi's deadline
+and API Gateway's 29 s; ``standard`` retries with a few attempts and second-scale timeouts fail
+fast enough to answer with an envelope. ``AWS_ENDPOINT_URL`` (read by botocore itself) points every
+client at moto server in the sandbox and the tests.
+"""
+from __future__ import annotations
+
+import threading
+
+from chalicelib.settings import load_settings
+
+_clients: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def client(service: str):
+    """The container's one client for ``service``; boto3 is imported on first use."""
+    existing = _clients.get(service)
+    if existing is not None:
+        return existing
+    with _lock:
+        if service not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            settings = load_settings()
+            config = Config(
+                connect_timeout=settings.aws_connect_timeout_seconds,
+                read_timeout=settings.aws_read_timeout_seconds,
+                retries={"mode": "standard", "max_attempts": 3},
+            )
+            _clients[service] = boto3.session.Session().client(service, config=config)
+        return _clients[service]
+
+
+def reset() -> None:
+    """Forget every client, so the next call reads the environment again (tests, sandbox)."""
+    with _lock:
+        _clients.clear()

@@ -1,0 +1,117 @@
+"""Every setting the gateway reads, with its environment variable named once.
+
+Settings are read at call time, never at import: Chalice's test client and the sandbox set the
+environment per request or per process, and a Lambda container keeps one module for many calls.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from chalicelib.errors import ConfigError
+
+APPROVALS_TABLE = "APPROVALS_TABLE"
+NONCES_TABLE = "NONCES_TABLE"
+OUTBOUND_SECRET_ID = "OUTBOUND_SECRET_ID"
+INBOUND_SECRET_ID = "INBOUND_SECRET_ID"
+TOKEN_SECRET_ID = "TOKEN_SECRET_ID"
+ZEYI_BASE_URL = "ZEYI_BASE_URL"
+ZEYI_CONNECT_TIMEOUT_SECONDS = "ZEYI_CONNECT_TIMEOUT_SECONDS"
+ZEYI_READ_TIMEOUT_SECONDS = "ZEYI_READ_TIMEOUT_SECONDS"
+ZEYI_ENCRYPT = "ZEYI_ENCRYPT"
+CALLBACK_ENCRYPTED = "CALLBACK_ENCRYPTED"
+CALLBACK_REQUIRE_TOKEN = "CALLBACK_REQUIRE_TOKEN"
+TOKEN_TTL_SECONDS = "TOKEN_TTL_SECONDS"
+TIMESTAMP_SKEW_SECONDS = "TIMESTAMP_SKEW_SECONDS"
+SECRETS_CACHE_SECONDS = "SECRETS_CACHE_SECONDS"
+SUBMIT_LEASE_SECONDS = "SUBMIT_LEASE_SECONDS"
+ALLOWED_SOURCE_IPS = "ALLOWED_SOURCE_IPS"
+AWS_CONNECT_TIMEOUT_SECONDS = "AWS_CONNECT_TIMEOUT_SECONDS"
+AWS_READ_TIMEOUT_SECONDS = "AWS_READ_TIMEOUT_SECONDS"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    approvals_table: str
+    nonces_table: str
+    outbound_secret_id: str
+    inbound_secret_id: str
+    token_secret_id: str
+    zeyi_base_url: str
+    zeyi_connect_timeout_seconds: float
+    zeyi_read_timeout_seconds: float
+    zeyi_encrypt: bool
+    callback_encrypted: bool
+    callback_require_token: bool
+    token_ttl_seconds: int
+    timestamp_skew_seconds: int
+    secrets_cache_seconds: int
+    submit_lease_seconds: int
+    allowed_source_ips: tuple[str, ...]
+    aws_connect_timeout_seconds: float
+    aws_read_timeout_seconds: float
+
+    @property
+    def nonce_ttl_seconds(self) -> int:
+        # A nonce must outlive every timestamp that could still pass the window (±skew), twice over.
+        return 4 * self.timestamp_skew_seconds
+
+
+def _text(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _number(name: str, default: float, kind=float):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"setting {name} must be positive, got {raw!r}")
+    return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"setting {name} must be true or false, got {raw!r}")
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment.
+
+    Raises ConfigError naming the variable when a value cannot be used.
+    """
+    ips = tuple(part.strip() for part in _text(ALLOWED_SOURCE_IPS, "").split(",") if part.strip())
+    return Settings(
+        approvals_table=_text(APPROVALS_TABLE, "approvals"),
+        nonces_table=_text(NONCES_TABLE, "nonces"),
+        outbound_secret_id=_text(OUTBOUND_SECRET_ID, "jinrun/zeyi/outbound"),
+        inbound_secret_id=_text(INBOUND_SECRET_ID, "jinrun/zeyi/inbound"),
+        token_secret_id=_text(TOKEN_SECRET_ID, "jinrun/zeyi/token-key"),
+        zeyi_base_url=_text(ZEYI_BASE_URL, "https://test.shjiuze.cn").rstrip("/"),
+        zeyi_connect_timeout_seconds=_number(ZEYI_CONNECT_TIMEOUT_SECONDS, 3.0),
+        zeyi_read_timeout_seconds=_number(ZEYI_READ_TIMEOUT_SECONDS, 10.0),
+        zeyi_encrypt=_flag(ZEYI_ENCRYPT, False),
+        callback_encrypted=_flag(CALLBACK_ENCRYPTED, False),
+        callback_require_token=_flag(CALLBACK_REQUIRE_TOKEN, True),
+        token_ttl_seconds=_number(TOKEN_TTL_SECONDS, 7200, int),
+        timestamp_skew_seconds=_number(TIMESTAMP_SKEW_SECONDS, 300, int),
+        secrets_cache_seconds=_number(SECRETS_CACHE_SECONDS, 300, int),
+        submit_lease_seconds=_number(SUBMIT_LEASE_SECONDS, 120, int),
+        allowed_source_ips=ips,
+        aws_connect_timeout_seconds=_number(AWS_CONNECT_TIMEOUT_SECONDS, 1.0),
+        aws_read_timeout_seconds=_number(AWS_READ_TIMEOUT_SECONDS, 3.0),
+    )
