@@ -1,0 +1,1 @@
+"""Operations tooling: bootstrap a new AWS account, build deployment packages."""
