@@ -93,7 +93,8 @@ def parse_outbound(secret_id: str, raw: str) -> Credential:
 def parse_inbound(secret_id: str, raw: str) -> InboundCredentials:
     """Raises ConfigError naming the secret and field when the inbound secret is unusable."""
     data = _load_json(secret_id, raw)
-    entries = data.get("credentials") if isinstance(data, dict) and "credentials" in data else [data]
+    has_list = isinstance(data, dict) and "credentials" in data
+    entries = data["credentials"] if has_list else [data]
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"secret {secret_id}: field credentials must be a non-empty list")
     by_key: dict[str, Credential] = {}
