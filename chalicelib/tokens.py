@@ -1,0 +1,68 @@
+"""Stateless access tokens for Zeyi's callbacks: HMAC-SHA256 over the appKey and an expiry.
+
+Checking a token costs no AWS call (the key is cached with the other secrets). A token is bound
+to the appKey that obtained it, so one inbound credential cannot use another's token. Several keys
+may be configured: the first signs, all verify, so the key can be rotated with no failed callback.
+
+Format: ``v1.<base64url(JSON {"k": appKey, "exp": epoch s, "jti": random})>.<base64url(mac)>``.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+
+from chalicelib.credentials import TokenKeys
+from chalicelib.errors import TokenInvalidError
+
+TOKEN_TYPE = "Bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+_VERSION = "v1"
+_TOKEN_RE = re.compile(r"v1\.([A-Za-z0-9_-]{1,512})\.([A-Za-z0-9_-]{43})")
+_BEARER_RE = re.compile(r"Bearer ([!-~]{1,1024})", re.IGNORECASE)
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, signed_part: str) -> bytes:
+    return hmac.new(key, signed_part.encode("ascii"), hashlib.sha256).digest()
+
+
+def issue_token(keys: TokenKeys, app_key: str, ttl_seconds: int, *, clock=time.time) -> str:
+    claims = {"k": app_key, "exp": int(clock()) + ttl_seconds, "jti": secrets.token_hex(16)}
+    payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+    signed_part = f"{_VERSION}.{payload}"
+    return f"{signed_part}.{_b64encode(_mac(keys.signing_key, signed_part))}"
+
+
+def verify_authorization(keys: TokenKeys, authorization: str | None, app_key: str, *,
+                         clock=time.time) -> None:
+    """Check an ``Authorization: Bearer <token>`` header for ``app_key``.
+
+    Raises TokenInvalidError when it is missing, malformed, forged, expired or issued to another
+    appKey. The message never repeats the token.
+    """
+    if not authorization:
+        raise TokenInvalidError("Authorization header with a Bearer token is required")
+    bearer = _BEARER_RE.fullmatch(authorization.strip())
+    match = _TOKEN_RE.fullmatch(bearer.group(1)) if bearer else None
+    if match is None:
+        raise TokenInvalidError("access token is malformed")
+    signed_part = f"{_VERSION}.{match.group(1)}"
+    given_mac = _b64decode(match.group(2))
+    if not any(hmac.compare_digest(_mac(key, signed_part), given_mac) for key in keys.keys):
+        raise TokenInvalidError("access token is not valid")
+    claims = json.loads(_b64decode(match.group(1)))
+    if claims.get("k") != app_key:
+        raise TokenInvalidError("access token was issued to another appKey")
+    if not isinstance(claims.get("exp"), int) or claims["exp"] <= clock():
+        raise TokenInvalidError("access token has expired; get a new one from /auth/token")
