@@ -1,0 +1,6 @@
+"""The local sandbox: a Zeyi simulator, and the scripts that run the gateway against it on moto.
+
+Nothing here is deployed. ``zeyi_simulator`` and ``zeyi_protocol`` deliberately import nothing from
+``chalicelib``: they are an independent implementation of Zeyi's side of the protocol, so a bug in
+the gateway's signing or encryption cannot hide behind the same bug in its test partner.
+"""
