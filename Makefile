@@ -25,5 +25,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sandbox.demo
 
+# Build the Lambda packages of a stage (STAGE=dev by default) into build/<stage>, print their
+# sizes, fail on a dependency chalice could not install or on more than 10 MB zipped.
+package: $(STAMP)
+	$(PY) -m ops.package --stage $(if $(STAGE),$(STAGE),dev)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
