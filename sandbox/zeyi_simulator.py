@@ -77,7 +77,8 @@ class SimulatorConfig:
     outbound: Credential
     """What the gateway signs (and encrypts) its calls with; the simulator verifies with it."""
     inbound: Credential
-    """What the simulator signs (and encrypts) its token requests and callbacks with."""
+    """What the simulator signs its token requests and callbacks with (and encrypts callbacks
+    with, when ``encrypt_callbacks`` is on)."""
     host: str = "127.0.0.1"
     port: int = 8001
     gateway_url: str | None = None
@@ -91,6 +92,7 @@ class SimulatorConfig:
     callback_first_backoff_seconds: float = 0.2
     callback_max_backoff_seconds: float = 5.0
     callback_timeout_seconds: float = 10.0
+    callback_concurrency: int = 16
     token_body: str = "{}"
     verbose: bool = False
 
@@ -234,6 +236,9 @@ class ZeyiSimulator:
         self._timers: set[threading.Timer] = set()
         self._token: tuple[str, float] | None = None
         self._token_lock = threading.Lock()
+        # Like a real sender's bounded pool: a burst of decisions never opens hundreds of
+        # connections to the gateway at once.
+        self._delivery_slots = threading.BoundedSemaphore(config.callback_concurrency)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -260,8 +265,7 @@ class ZeyiSimulator:
         return f"http://{self.config.host}:{self.port}"
 
     def bind(self) -> ZeyiSimulator:
-        server = ThreadingHTTPServer((self.config.host, self.config.port), _Handler)
-        server.daemon_threads = True
+        server = _Server((self.config.host, self.config.port), _Handler)
         server.simulator = self
         self._server = server
         return self
@@ -488,7 +492,8 @@ class ZeyiSimulator:
                     return
                 with self._lock:
                     delivery.status = DELIVERING
-                outcome, record = self._try_delivery(delivery)
+                with self._delivery_slots:
+                    outcome, record = self._try_delivery(delivery)
                 with self._lock:
                     delivery.tries.append(record)
                     if outcome in (DELIVERED, REJECTED):
@@ -504,14 +509,15 @@ class ZeyiSimulator:
         finally:
             self._workers.discard(threading.current_thread())
 
-    def _signed_post(self, path: str, data: str, *, token: str | None = None):
+    def _signed_post(self, path: str, data: str, *, token: str | None = None,
+                     encrypt: bool = False):
         """POST ``data`` to the gateway like Zeyi's SDK: fresh nonce, sign over the wire body."""
         import requests
 
         credential = self.config.inbound
         headers = {"appKey": credential.app_key, "timestamp": new_timestamp(self._clock),
                    "nonce": new_nonce()}
-        if self.config.encrypt_callbacks:
+        if encrypt:
             wire = seal(credential, headers, data).encode("ascii")
             headers["Content-Type"] = "text/plain;charset=utf-8"
         else:
@@ -530,6 +536,8 @@ class ZeyiSimulator:
         with self._token_lock:
             if self._token is not None and self._token[1] > time.monotonic():
                 return self._token[0]
+            # The token request is signed but never encrypted: the gateway's token route takes
+            # an empty or plain JSON body whatever CALLBACK_ENCRYPTED says.
             _, response = self._signed_post(TOKEN_PATH, self.config.token_body)
             answer = _json_or_none(response)
             result = answer.get("result") if isinstance(answer, dict) else None
@@ -552,7 +560,8 @@ class ZeyiSimulator:
         try:
             token = self._access_token()
             headers, response = self._signed_post(CALLBACK_PATH, gson_dumps(delivery.body),
-                                                  token=token)
+                                                  token=token,
+                                                  encrypt=self.config.encrypt_callbacks)
         except (requests.RequestException, RuntimeError) as error:
             self._forget_token()
             record["error"] = f"{type(error).__name__}: {error}"[:500]
@@ -659,6 +668,11 @@ def _json_or_none(response):
         return response.json()
     except ValueError:
         return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of concurrent sends must not overflow the accept queue
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -832,7 +846,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="expect AES-encrypted send/cancel bodies (gateway ZEYI_ENCRYPT)")
     parser.add_argument("--encrypt-callbacks", action="store_true",
                         default=_flag(env("ZEYI_SIM_ENCRYPT_CALLBACKS", "")),
-                        help="encrypt token and callback bodies (gateway CALLBACK_ENCRYPTED)")
+                        help="encrypt callback bodies (gateway CALLBACK_ENCRYPTED)")
     parser.add_argument("--ip-whitelist", default=env("ZEYI_SIM_IP_WHITELIST", ""),
                         help="comma-separated IPs or CIDRs allowed to call; empty allows all")
     parser.add_argument("--auto-decide", default=env("ZEYI_SIM_AUTO_DECIDE", "off"),

@@ -447,6 +447,8 @@ def test_encrypted_callbacks(make_simulator, gateway):
     call(simulator.url, SEND, send_body())
     control(simulator, "POST", "approvals/HT-1/agree")
     assert simulator.wait_idle(10)
+    token_request = gateway.received[0]
+    assert token_request["raw"] == b"{}"  # the token request is signed, never encrypted
     callback = gateway.callbacks()[0]
     headers = callback["headers"]
     assert headers["sign"] == md5_sign(IN, headers["timestamp"], headers["nonce"], callback["raw"])
