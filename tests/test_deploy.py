@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from functools import cache
 from pathlib import Path
 
@@ -46,6 +47,7 @@ TRANSACT_ELEMENTS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "Delete
 VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
                    "ec2:DescribeSubnets", "ec2:DeleteNetworkInterface",
                    "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+LAYER_PREFIX = re.compile(r"^python/(lib/python[^/]+/site-packages/)?")
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
 
@@ -285,12 +287,14 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]
         documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
         assert documents == [policy], f"{name} runs with another policy"
-    # boto3/botocore come from the Lambda runtime: never bundled.
-    import zipfile
+    # boto3/botocore come from the Lambda runtime: never bundled, in the function zip or a layer.
+    for zip_name in result.zips:
+        with zipfile.ZipFile(result.out_dir / zip_name) as archive:
+            tops = {LAYER_PREFIX.sub("", entry).split("/")[0] for entry in archive.namelist()}
+        assert "requests" in tops or zip_name == "deployment.zip", zip_name
+        assert not {"boto3", "botocore"} & tops, zip_name
     with zipfile.ZipFile(result.out_dir / "deployment.zip") as archive:
-        top = {entry.split("/")[0] for entry in archive.namelist()}
-    assert not {"boto3", "botocore"} & top
-    assert {"chalicelib", "app.py"} <= top
+        assert {"chalicelib", "app.py"} <= {e.split("/")[0] for e in archive.namelist()}
 
 
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
