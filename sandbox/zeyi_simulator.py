@@ -93,6 +93,8 @@ class SimulatorConfig:
     callback_max_backoff_seconds: float = 5.0
     callback_timeout_seconds: float = 10.0
     callback_concurrency: int = 16
+    cancel_callback_delay_seconds: float = 0.5
+    """Zeyi hears of a revoked instance from DingTalk a moment after it accepted the cancel."""
     token_body: str = "{}"
     verbose: bool = False
 
@@ -388,7 +390,8 @@ class ZeyiSimulator:
                                       f"code {code} cannot be cancelled: {state}")
             # A revoked DingTalk instance reports terminate, like a deleted one.
             self._decide_locked(current, "terminate", auditUser=body["username"],
-                                remark=body.get("remark", ""))
+                                remark=body.get("remark", ""),
+                                delay_seconds=self.config.cancel_callback_delay_seconds)
         return None
 
     def _current(self, code: str) -> Approval | None:
@@ -418,7 +421,7 @@ class ZeyiSimulator:
             return approval
 
     def _decide_locked(self, approval: Approval, action: str, *, auditUser: str,  # noqa: N803
-                       remark: str) -> None:
+                       remark: str, delay_seconds: float = 0.0) -> None:
         approval.status = {"agree": AGREED, "refuse": REFUSED, "terminate": TERMINATED}[action]
         callback_type = "terminate" if action == "terminate" else "finish"
         body = {"code": approval.code, "auditType": approval.audit_type,
@@ -429,7 +432,7 @@ class ZeyiSimulator:
         body["remark"] = remark
         approval.decision = {"action": action, "at": _now_ms(), "auditUser": auditUser,
                              "remark": remark}
-        self._queue_delivery_locked(approval, body)
+        self._queue_delivery_locked(approval, body, delay_seconds)
 
     def redeliver(self, code: str) -> Approval:
         """Send the latest callback of ``code`` again, as Zeyi may. Raises KeyError when none."""
@@ -440,7 +443,8 @@ class ZeyiSimulator:
             self._queue_delivery_locked(approval, dict(approval.deliveries[-1].body))
             return approval
 
-    def _queue_delivery_locked(self, approval: Approval, body: dict) -> None:
+    def _queue_delivery_locked(self, approval: Approval, body: dict,
+                               delay_seconds: float = 0.0) -> None:
         self._delivery_ids += 1
         delivery = Delivery(id=self._delivery_ids, body=body)
         approval.deliveries.append(delivery)
@@ -448,7 +452,8 @@ class ZeyiSimulator:
         if not self.config.gateway_url:
             self._finish_delivery(delivery, FAILED, error="no gateway URL is configured")
             return
-        worker = threading.Thread(target=self._deliver, args=(delivery,), daemon=True,
+        worker = threading.Thread(target=self._deliver, args=(delivery, delay_seconds),
+                                  daemon=True,
                                   name=f"callback-{approval.code}-{delivery.id}")
         self._workers.add(worker)
         worker.start()
@@ -483,9 +488,11 @@ class ZeyiSimulator:
                 delivery.tries.append({"at": _now_ms(), "error": error})
             self._changed.notify_all()
 
-    def _deliver(self, delivery: Delivery) -> None:
+    def _deliver(self, delivery: Delivery, delay_seconds: float = 0.0) -> None:
         backoff = self.config.callback_first_backoff_seconds
         try:
+            if delay_seconds > 0:
+                self._stopping.wait(delay_seconds)
             for attempt in range(1, self.config.callback_max_tries + 1):
                 if self._stopping.is_set():
                     self._finish_delivery(delivery, FAILED, error="simulator stopped")
@@ -859,6 +866,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--callback-max-tries", type=int, default=8)
     parser.add_argument("--callback-first-backoff", type=float, default=0.2)
     parser.add_argument("--callback-max-backoff", type=float, default=5.0)
+    parser.add_argument("--cancel-callback-delay", type=float, default=0.5,
+                        help="seconds between an accepted cancel and its terminate callback")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -873,7 +882,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         auto_decide=args.auto_decide, auto_decide_delay_seconds=args.auto_decide_delay,
         skew_seconds=args.skew_seconds, callback_max_tries=args.callback_max_tries,
         callback_first_backoff_seconds=args.callback_first_backoff,
-        callback_max_backoff_seconds=args.callback_max_backoff, verbose=args.verbose)
+        callback_max_backoff_seconds=args.callback_max_backoff,
+        cancel_callback_delay_seconds=args.cancel_callback_delay, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
