@@ -90,7 +90,7 @@ def issue_access_token(request: InboundRequest, *, credentials: InboundCredentia
     call = verify_signature(request, credentials, skew_seconds=settings.timestamp_skew_seconds,
                             clock=clock)
     if request.body.strip():
-        _parse_json_object(request.body)
+        _parse_json_object(strict_utf8(request.body))
     store.use_nonce(call.credential.app_key, call.nonce, settings.nonce_ttl_seconds)
     logger.info("access token issued", extra={"appKey": call.credential.app_key,
                                               "nonce": call.nonce})
@@ -118,10 +118,9 @@ def handle_callback(request: InboundRequest, *, credentials: InboundCredentials,
         # The sign covered the Base64 text: only now, authenticated, is it decrypted.
         text = call.credential.codec().open(call.credential.app_key, call.timestamp, call.nonce,
                                             request.body)
-        body = parse_callback(text.encode("utf-8"))
     else:
-        text = request.body.decode("utf-8")  # parse_callback below proves it is strict UTF-8
-        body = parse_callback(request.body)
+        text = strict_utf8(request.body)
+    body = parse_callback(text)
     record = CallbackRecord(
         code=body["code"], business_id=body["businessId"], type=body["type"],
         result=body.get("result") or None,
@@ -149,11 +148,15 @@ def _unique_keys(pairs: list) -> dict:
     return result
 
 
-def _parse_json_object(raw: bytes) -> dict:
+def strict_utf8(raw: bytes) -> str:
+    """Raises BodyInvalidError for anything but strict UTF-8 (the md5 padding's 0x80 is not)."""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BodyInvalidError("body is not valid UTF-8") from None
+
+
+def _parse_json_object(text: str) -> dict:
     try:
         value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except ValueError:
@@ -163,12 +166,12 @@ def _parse_json_object(raw: bytes) -> dict:
     return value
 
 
-def parse_callback(raw: bytes) -> dict:
+def parse_callback(text: str) -> dict:
     """The callback body as a dict, checked field by field.
 
     Raises BodyInvalidError naming every bad field.
     """
-    body = _parse_json_object(raw)
+    body = _parse_json_object(text)
     problems = []
     for name in _REQUIRED_TEXT:
         value = body.get(name)

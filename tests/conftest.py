@@ -78,3 +78,23 @@ def aws_env(moto_server, monkeypatch):
         secrets.create_secret(Name=secret_id, SecretString=json.dumps(value))
     yield moto_server
     aws.reset()
+
+
+@pytest.fixture
+def gateway(aws_env, tmp_path):
+    """Chalice's test client for app.py. Its config has no environment variables, so each test's
+    monkeypatched settings are the ones the app reads (Chalice would otherwise overlay a stage's)."""
+    from chalice.test import Client
+
+    import app as gateway_app
+
+    project = tmp_path / "project"
+    (project / ".chalice").mkdir(parents=True)
+    (project / ".chalice" / "config.json").write_text(json.dumps(
+        {"version": "2.0", "app_name": "jinrun-approval-gateway", "stages": {"test": {}}}))
+    gateway_app._secrets = None
+    gateway_app._zeyi.clear()
+    with Client(gateway_app.app, stage_name="test", project_dir=str(project)) as client:
+        yield client
+    gateway_app._secrets = None
+    gateway_app._zeyi.clear()
