@@ -75,6 +75,7 @@ def _zeyi_client(settings: Settings):
 # -- mapping results and errors to the envelope --------------------------------------------------
 
 def _envelope_of(action) -> tuple[int, dict]:
+    logger.clear_state()  # keys appended while handling the previous request
     try:
         return 200, action()
     except GatewayError as exc:

@@ -89,11 +89,11 @@ def issue_access_token(request: InboundRequest, *, credentials: InboundCredentia
     """
     call = verify_signature(request, credentials, skew_seconds=settings.timestamp_skew_seconds,
                             clock=clock)
+    logger.append_keys(appKey=call.credential.app_key, nonce=call.nonce)
     if request.body.strip():
         _parse_json_object(strict_utf8(request.body))
     store.use_nonce(call.credential.app_key, call.nonce, settings.nonce_ttl_seconds)
-    logger.info("access token issued", extra={"appKey": call.credential.app_key,
-                                              "nonce": call.nonce})
+    logger.info("access token issued")
     return {
         "accessToken": tokens.issue_token(token_keys, call.credential.app_key,
                                           settings.token_ttl_seconds, clock=clock),
@@ -111,6 +111,8 @@ def handle_callback(request: InboundRequest, *, credentials: InboundCredentials,
     """
     call = verify_signature(request, credentials, skew_seconds=settings.timestamp_skew_seconds,
                             clock=clock)
+    # From here on every log line of this request, refusals included, names the call.
+    logger.append_keys(appKey=call.credential.app_key, nonce=call.nonce)
     if settings.callback_require_token:
         tokens.verify_authorization(token_keys, request.optional_header("Authorization"),
                                     call.credential.app_key, clock=clock)
@@ -121,17 +123,15 @@ def handle_callback(request: InboundRequest, *, credentials: InboundCredentials,
     else:
         text = strict_utf8(request.body)
     body = parse_callback(text)
+    logger.append_keys(code=body["code"], businessId=body["businessId"])
     record = CallbackRecord(
         code=body["code"], business_id=body["businessId"], type=body["type"],
         result=body.get("result") or None,
         audit_type=body.get("auditType"), audit_user=body.get("auditUser"),
         remark=body.get("remark"), body=text, app_key=call.credential.app_key, nonce=call.nonce)
-    context = {"code": record.code, "businessId": record.business_id, "nonce": call.nonce,
-               "appKey": call.credential.app_key}
     outcome = store.record_callback(record, settings.nonce_ttl_seconds)
     logger.info(f"callback {outcome.disposition}",
-                extra={**context, "type": record.type, "result": record.result,
-                       "status": outcome.status})
+                extra={"type": record.type, "result": record.result, "status": outcome.status})
     return outcome
 
 
