@@ -29,7 +29,7 @@ def client(service: str):
             config = Config(
                 connect_timeout=settings.aws_connect_timeout_seconds,
                 read_timeout=settings.aws_read_timeout_seconds,
-                retries={"mode": "standard", "max_attempts": 3},
+                retries={"mode": "standard", "total_max_attempts": 3},
             )
             _clients[service] = boto3.session.Session().client(service, config=config)
         return _clients[service]
