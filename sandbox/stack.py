@@ -165,6 +165,8 @@ class SandboxStack:
     """Bootstrap the outbound secret with this instead of credentials.json (to misconfigure)."""
     zeyi_url_override: str | None = None
     """Use this Zeyi instead of starting a simulator."""
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    """The environment the children start from, captured when the stack is made."""
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda line: None
 
@@ -215,10 +217,10 @@ class SandboxStack:
 
     def start_aws(self) -> None:
         self.progress(f"starting moto server (DynamoDB + Secrets Manager) on {self.aws_url}")
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+        env = dict(self.base_env, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                    AWS_DEFAULT_REGION=REGION)
         self.processes["aws"] = ManagedProcess(
-            "moto server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+            "moto server", [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1",
                             "-p", str(self.aws_port)],
             env=env, ready_url=f"{self.aws_url}/moto-api/", log_path=self._log("moto", always=True),
         ).start()
@@ -255,12 +257,12 @@ class SandboxStack:
                 "--port", str(self.zeyi_port), "--gateway-url", self.gateway_url,
                 "--credentials", str(self.credentials_path), *self.simulator_args]
         self.processes["zeyi"] = ManagedProcess(
-            "Zeyi simulator", argv, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            "Zeyi simulator", argv, env=dict(self.base_env, PYTHONUNBUFFERED="1"),
             ready_url=f"{self.zeyi_url}/_control/health", log_path=self._log("zeyi-simulator"),
         ).start()
 
     def gateway_environment(self) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items()
+        env = {name: value for name, value in self.base_env.items()
                if name not in {"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"}}
         env.update({
             # chalice local overlays the stage's environment_variables on these; the local stage

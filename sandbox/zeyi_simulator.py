@@ -315,7 +315,8 @@ class ZeyiSimulator:
                          raw: bytes) -> tuple[dict, dict]:
         """Check and apply one send or cancel; returns (envelope, log entry)."""
         entry = {"kind": kind, "clientIp": client_ip, "headers": headers,
-                 "body": raw.decode("utf-8", errors="replace"), "plaintext": None}
+                 "body": raw.decode("utf-8", errors="replace"), "plaintext": None,
+                 "json": _best_effort_json(raw)}
         try:
             self._check_ip(client_ip)
             check_security_headers(self.config.outbound, headers, raw,
@@ -670,6 +671,14 @@ class ZeyiSimulator:
                 self._changed.wait(min(remaining, 0.5))
 
 
+def _best_effort_json(raw: bytes):
+    """The body parsed for the request log only (even when the request is refused)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
 def _json_or_none(response):
     try:
         return response.json()
@@ -740,14 +749,9 @@ class _Handler(BaseHTTPRequestHandler):
         fault = simulator.take_fault(kind)
         headers = {name: value for name, value in self.headers.items()}
         if fault is not None and fault.mode != "slow":
-            entry = {"kind": kind, "clientIp": self.client_address[0], "headers": headers,
-                     "body": raw.decode("utf-8", errors="replace"),
-                     "verdict": f"fault:{fault.mode}"}
-            try:
-                entry["json"] = json.loads(raw)
-            except ValueError:
-                entry["json"] = None
-            entry["path"] = path
+            entry = {"kind": kind, "path": path, "clientIp": self.client_address[0],
+                     "headers": headers, "body": raw.decode("utf-8", errors="replace"),
+                     "json": _best_effort_json(raw), "verdict": f"fault:{fault.mode}"}
             simulator.log_request(entry)
             self._fault_reply(fault)
             return

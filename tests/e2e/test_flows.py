@@ -1,0 +1,184 @@
+"""Every flow of ``make demo`` and the failure cases, through the three real processes."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from sandbox.stack import SandboxStack, free_port
+from tests.e2e.client import Sandbox, applied_callbacks, run_all, send_body
+
+WRONG_SECRET = "wrongWrongWrongWrongWrongWrong00"
+
+
+def assert_ok(response):
+    assert response.status_code == 200, response.text
+    assert response.json()["success"] is True, response.text
+
+
+def test_send_agree_callback_agreed(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    assert sandbox.status(code) == "PENDING"
+    # Zeyi received exactly the internal app's body, signed, and accepted it.
+    (received,) = sandbox.zeyi_requests(code, "send")
+    assert received["verdict"] == "OK"
+    assert received["json"] == send_body(code)
+
+    sandbox.decide(code, "agree")
+    delivery = sandbox.zeyi_approval(code, wait_seconds=20)["callbacks"][0]
+    assert delivery["status"] == "delivered"
+    assert delivery["tries"][-1]["response"]["success"] is True
+    result = sandbox.wait_status(code, "AGREED")
+    assert result["status"] == "AGREED"
+    assert len(result["attempts"]) == 1
+    assert len(applied_callbacks(result)) == 1
+
+
+def test_send_refuse(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    sandbox.decide(code, "refuse")
+    assert sandbox.wait_status(code, "REFUSED")["status"] == "REFUSED"
+
+
+def test_send_terminate_at_zeyi(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    sandbox.decide(code, "terminate")
+    assert sandbox.wait_status(code, "TERMINATED")["status"] == "TERMINATED"
+
+
+def test_cancel_cancelling_then_terminated(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    assert_ok(sandbox.cancel(code))
+    # The simulator's terminate callback comes 0.5 s after it accepted the cancel.
+    assert sandbox.status(code) == "CANCELLING"
+    (received,) = sandbox.zeyi_requests(code, "cancel")
+    assert received["verdict"] == "OK"
+    assert received["json"]["username"] == "E1001"
+    result = sandbox.wait_status(code, "TERMINATED")
+    assert result["status"] == "TERMINATED"
+    assert len(applied_callbacks(result)) == 1
+
+
+def test_second_send_for_an_active_code_is_refused(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    again = sandbox.send(code)
+    assert again.status_code == 409
+    assert again.json()["errorCode"] == "APPROVAL_ACTIVE"
+    sandbox.decide(code, "agree")
+    sandbox.wait_status(code, "AGREED")
+    again = sandbox.send(code)
+    assert again.status_code == 409
+    assert again.json()["errorCode"] == "APPROVAL_ACTIVE"
+    # Only the first send ever reached Zeyi: the gateway refused the others itself.
+    assert len(sandbox.zeyi_requests(code, "send")) == 1
+
+
+def test_a_new_send_after_a_refusal_is_a_new_attempt(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    sandbox.decide(code, "refuse")
+    sandbox.wait_status(code, "REFUSED")
+    assert_ok(sandbox.send(code))
+    result = sandbox.get(code)
+    assert result["status"] == "PENDING"
+    assert len(result["attempts"]) == 2
+
+
+def test_a_callback_delivered_twice_is_applied_once(sandbox: Sandbox):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    sandbox.decide(code, "agree")
+    sandbox.zeyi_approval(code, wait_seconds=20)
+    sandbox.redeliver(code)
+    deliveries = sandbox.zeyi_approval(code, wait_seconds=20)["callbacks"]
+    assert [d["status"] for d in deliveries] == ["delivered", "delivered"]
+    result = sandbox.get(code)
+    assert result["status"] == "AGREED"
+    assert len(applied_callbacks(result)) == 1
+
+
+def test_zeyi_refusing_a_send_fails_the_attempt(sandbox: Sandbox):
+    code = sandbox.new_code()
+    sandbox.add_fault("send", "refuse")
+    response = sandbox.send(code)
+    assert response.status_code != 200
+    answer = response.json()
+    assert answer["success"] is False
+    assert answer["errorCode"] == "SIMULATED_REFUSAL"
+    assert sandbox.status(code) == "FAILED"
+    assert_ok(sandbox.send(code))  # FAILED does not block a new attempt
+    assert sandbox.status(code) == "PENDING"
+
+
+def test_a_callback_outlives_a_gateway_restart(sandbox: Sandbox, stack: SandboxStack):
+    code = sandbox.new_code()
+    assert_ok(sandbox.send(code))
+    stack.stop_gateway()
+    try:
+        sandbox.decide(code, "agree")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            tries = sandbox.zeyi_approval(code)["callbacks"][0]["tries"]
+            if len(tries) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(tries) >= 2 and all("error" in t for t in tries)  # the gateway was down
+    finally:
+        stack.start_gateway()  # same port
+    delivery = sandbox.zeyi_approval(code, wait_seconds=30)["callbacks"][0]
+    assert delivery["status"] == "delivered"
+    result = sandbox.wait_status(code, "AGREED")
+    assert result["status"] == "AGREED"
+    assert len(result["attempts"]) == 1
+    assert len(result["callbacks"]) == 1
+    assert len(applied_callbacks(result)) == 1
+    assert len(sandbox.zeyi_requests(code, "send")) == 1
+
+
+def test_zeyi_rejects_a_gateway_with_a_wrong_outbound_secret(sandbox: Sandbox, stack, tmp_path):
+    credentials = json.loads(stack.credentials_path.read_text(encoding="utf-8"))
+    misconfigured = SandboxStack(
+        gateway_port=free_port(), aws_port=free_port(), log_dir=tmp_path,
+        zeyi_url_override=stack.zeyi_url,
+        outbound_secret_override={**credentials["outbound"], "appSecret": WRONG_SECRET})
+    with misconfigured:
+        wrong = Sandbox(misconfigured.gateway_url, stack.zeyi_url)
+        code = wrong.new_code()
+        response = wrong.send(code)
+        assert response.status_code != 200
+        answer = response.json()
+        assert answer["success"] is False
+        assert answer["errorCode"] == "SIGN_INVALID"  # Zeyi's refusal, passed on
+        assert wrong.status(code) == "FAILED"
+    (received,) = sandbox.zeyi_requests(code, "send")
+    assert received["verdict"] == "SIGN_INVALID"
+    assert sandbox.http.get(f"{stack.zeyi_url}/_control/approvals/{code}",
+                            timeout=10).status_code == 404
+
+
+@pytest.mark.timeout(240)
+def test_a_burst_of_200_approvals(sandbox: Sandbox):
+    codes = [sandbox.new_code(f"BURST{i:03d}") for i in range(200)]
+    actions = {code: ("agree", "refuse", "terminate")[i % 3] for i, code in enumerate(codes)}
+    expected = {"agree": "AGREED", "refuse": "REFUSED", "terminate": "TERMINATED"}
+
+    sends = run_all(sandbox.send, codes)
+    assert [r.status_code for r in sends] == [200] * 200, [r.text for r in sends
+                                                           if r.status_code != 200][:3]
+    run_all(lambda code: sandbox.decide(code, actions[code]), codes)
+
+    def settled(code):
+        delivery = sandbox.zeyi_approval(code, wait_seconds=60)["callbacks"][0]
+        assert delivery["status"] == "delivered", delivery
+        return sandbox.wait_status(code, expected[actions[code]])
+
+    results = run_all(settled, codes)
+    assert {r["code"]: r["status"] for r in results} == {
+        code: expected[actions[code]] for code in codes}
+    assert all(len(applied_callbacks(r)) == 1 for r in results)
