@@ -51,8 +51,9 @@ def send_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
     except UpstreamOutcomeUnknownError as exc:
         logger.warning("send outcome unknown", extra={**context, "reason": exc.message})
         raise _with_advice(exc, (
-            f"the approval may have been created at Zeyi: its callback will settle code {code};"
-            f" if none has arrived, code {code} can be sent again in {lease_seconds} s"),
+            f"the approval may have been created at Zeyi, and then its callback will settle it"
+            f" (see GET /audit/{code}); code {code} can be sent again in {lease_seconds} s, and"
+            " Zeyi refuses that send if the first one exists"),
             result={"code": code, "status": states.SUBMITTING, "attemptId": attempt_id,
                     "retryAfterSeconds": lease_seconds}) from exc
     except GatewayError as exc:
