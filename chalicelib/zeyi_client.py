@@ -30,6 +30,7 @@ from collections.abc import Callable
 from chalicelib import envelope, signing
 from chalicelib.credentials import Credential
 from chalicelib.errors import (
+    ConfigError,
     UpstreamOutcomeUnknownError,
     UpstreamRejectedError,
     UpstreamUnavailableError,
@@ -53,7 +54,7 @@ class ZeyiClient:
                  backoff_seconds: float = BACKOFF_SECONDS,
                  idle_reconnect_seconds: float = IDLE_RECONNECT_SECONDS,
                  clock=time.time, monotonic=time.monotonic, sleep=time.sleep):
-        self._base_url = base_url.rstrip("/")
+        self._base_url = _checked_base_url(base_url)
         self._credential = credential
         self._timeout = (connect_timeout_seconds, read_timeout_seconds)
         self._encrypt = encrypt
@@ -136,6 +137,20 @@ class ZeyiClient:
         if self._last_used is not None and now - self._last_used > self._idle_reconnect_seconds:
             for adapter in self._session.adapters.values():
                 adapter.close()
+
+
+def _checked_base_url(base_url: str) -> str:
+    """Raises ConfigError unless ``base_url`` is an http(s) URL with a host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid or parts.query or parts.fragment:
+        raise ConfigError(f"setting ZEYI_BASE_URL must be an http(s) URL, got {base_url!r}")
+    return base_url.rstrip("/")
 
 
 def _new_session():

@@ -407,3 +407,10 @@ def test_a_warm_client_reuses_its_connection_but_not_after_an_idle_gap():
         client.send(send_body("C"))
         assert server.connections == 2
         assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("base_url", ["", "test.shjiuze.cn", "ftp://h", "https://", "https://h?x=1"])
+def test_a_base_url_that_cannot_be_called_is_a_config_error(base_url):
+    with pytest.raises(ConfigError) as caught:
+        client_for(base_url)
+    assert "ZEYI_BASE_URL" in caught.value.message
