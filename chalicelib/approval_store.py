@@ -3,7 +3,8 @@
 Layout (table ``approvals``, key ``code`` + ``sk``; all reads of one code are one Query):
 - ``HEAD``: the code's current attempt: ``status``, ``attemptId``, ``leaseExpiresAt`` (epoch ms,
   while SUBMITTING), ``businessId``, ``version`` (bumped by every send-side change, so a claim can
-  be conditioned on exactly what it read).
+  be conditioned on exactly what it read), ``unsettledBefore`` (an earlier attempt's outcome was
+  never learned, so a callback may still settle this code even after a FAILED resend).
 - ``ATTEMPT#<attemptId>``: one per send (or per callback for a code never sent): the request,
   Zeyi's answer, and the status the attempt ended with once a newer attempt replaced it. The
   current attempt's live status is the HEAD's.
@@ -217,12 +218,16 @@ class DynamoDBApprovalStore:
                 "Key": self._key(callback.code, HEAD),
                 "UpdateExpression": "SET #status = :target, businessId = :bid, updatedAt = :now"
                                     " REMOVE leaseExpiresAt",
-                "ConditionExpression": "attribute_exists(code) AND #status IN (:s1, :s2, :s3)",
+                # A FAILED head may still be settled when an earlier attempt's outcome was never
+                # known: Zeyi may hold that approval (and so refused the resend that FAILED).
+                "ConditionExpression": "attribute_exists(code) AND (#status IN (:s1, :s2, :s3)"
+                                       " OR (#status = :failed AND unsettledBefore = :true))",
                 "ExpressionAttributeNames": {"#status": "status"},
                 "ExpressionAttributeValues": {
                     ":target": _s(target), ":bid": _s(callback.business_id), ":now": _n(now),
                     ":s1": _s(states.SUBMITTING), ":s2": _s(states.PENDING),
-                    ":s3": _s(states.CANCELLING),
+                    ":s3": _s(states.CANCELLING), ":failed": _s(states.FAILED),
+                    ":true": {"BOOL": True},
                 },
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }},
@@ -305,7 +310,8 @@ class DynamoDBApprovalStore:
                     "Key": self._key(code, HEAD),
                     "UpdateExpression": "SET #status = :submitting, attemptId = :id,"
                                         " leaseExpiresAt = :lease, updatedAt = :now,"
-                                        " version = :next REMOVE businessId",
+                                        " version = :next, unsettledBefore = :unsettled"
+                                        " REMOVE businessId",
                     "ConditionExpression": ("attribute_not_exists(code)" if head is None
                                             else "version = :version"),
                     "ExpressionAttributeNames": {"#status": "status"},
@@ -313,6 +319,7 @@ class DynamoDBApprovalStore:
                         ":submitting": _s(states.SUBMITTING), ":id": _s(attempt_id),
                         ":lease": _n(now + lease_seconds * 1000), ":now": _n(now),
                         ":next": _n((head or {}).get("version", 0) + 1),
+                        ":unsettled": {"BOOL": _leaves_unsettled(head)},
                         **({} if head is None else {":version": _n(head.get("version", 0))}),
                     },
                 }},
@@ -469,6 +476,15 @@ class DynamoDBApprovalStore:
 def new_attempt_id(now_ms: int) -> str:
     # Sorts by creation time; the random tail keeps two attempts of one millisecond apart.
     return f"{now_ms:013d}-{secrets.token_hex(4)}"
+
+
+def _leaves_unsettled(head: dict | None) -> bool:
+    """Whether, behind the attempt being claimed, Zeyi may still hold an approval whose outcome
+    the gateway never learned: an attempt left SUBMITTING, possibly behind FAILED resends."""
+    if head is None:
+        return False
+    return head["status"] == states.SUBMITTING or (
+        head["status"] == states.FAILED and bool(head.get("unsettledBefore")))
 
 
 def _raise_if_active(code: str, head: dict, now_ms: int) -> None:

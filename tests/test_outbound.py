@@ -236,6 +236,14 @@ def test_zeyi_down_is_failed_and_the_code_can_be_sent_again_at_once(store, zeyi,
     assert history["attempts"][1]["outcome"]["errorCode"] == "UPSTREAM_UNAVAILABLE"
 
 
+def test_a_stray_callback_does_not_flip_a_failed_send_that_never_reached_zeyi(
+        store, client_for):
+    with pytest.raises(Unavailable):
+        send(store, client_for(f"http://127.0.0.1:{free_port()}"))
+    outcome = store.record_callback(callback(business_id="someone-elses"), nonce_ttl_seconds=1200)
+    assert (outcome.disposition, status_of(store)) == ("ignored", "FAILED")
+
+
 def test_a_refused_connection_is_retried_and_the_retry_is_the_one_send(store, client_for):
     port = free_port()
     started: list[ZeyiSimulator] = []
@@ -301,10 +309,6 @@ def test_a_slow_zeyi_leaves_the_attempt_submitting_and_a_callback_settles_it(
     assert len(zeyi.requests_log(kind="send")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "approval_store: a callback cannot settle a FAILED head. After an unknown outcome that Zeyi"
-    " did accept, a resend once the lease ended is refused by Zeyi as a duplicate (FAILED), and"
-    " the approval's real callback, days later, is then only recorded, never applied"))
 def test_the_callback_of_an_approval_zeyi_accepted_silently_is_not_lost(
         store, zeyi, client_for, clock, monkeypatch):
     monkeypatch.setenv("ZEYI_READ_TIMEOUT_SECONDS", "0.3")
