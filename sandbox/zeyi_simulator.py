@@ -694,6 +694,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "ZeyiSimulator/1.0"
     protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection is closed after a minute
 
     @property
     def simulator(self) -> ZeyiSimulator:

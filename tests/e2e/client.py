@@ -73,6 +73,16 @@ class Sandbox:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def wait_zeyi_approval(self, code: str, timeout_seconds: float = WAIT_SECONDS) -> dict:
+        """Zeyi's approval of ``code`` once it exists (a slow send creates it late)."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            response = self.http.get(f"{self.zeyi}/_control/approvals/{code}", timeout=30)
+            if response.status_code == 200 or time.monotonic() > deadline:
+                assert response.status_code == 200, response.text
+                return response.json()
+            time.sleep(0.1)
+
     def zeyi_requests(self, code: str, kind: str | None = None) -> list[dict]:
         params = {"code": code}
         if kind:

@@ -182,3 +182,33 @@ def test_a_burst_of_200_approvals(sandbox: Sandbox):
     assert {r["code"]: r["status"] for r in results} == {
         code: expected[actions[code]] for code in codes}
     assert all(len(applied_callbacks(r)) == 1 for r in results)
+
+
+@pytest.mark.parametrize("mode", ["status503", "not_json", "drop"])
+def test_an_unusable_answer_from_zeyi_leaves_the_attempt_submitting(sandbox: Sandbox, mode):
+    code = sandbox.new_code()
+    sandbox.add_fault("send", mode)
+    response = sandbox.send(code)
+    assert response.status_code in (502, 504), response.text
+    assert response.json()["errorCode"] == "UPSTREAM_OUTCOME_UNKNOWN"
+    # The request may have reached Zeyi: the code stays blocked while the lease runs.
+    assert sandbox.status(code) == "SUBMITTING"
+    again = sandbox.send(code)
+    assert again.status_code == 409
+    assert again.json()["errorCode"] == "APPROVAL_ACTIVE"
+
+
+@pytest.mark.timeout(120)
+def test_a_send_whose_answer_was_lost_is_settled_by_zeyis_callback(sandbox: Sandbox):
+    code = sandbox.new_code()
+    # Zeyi creates the approval but answers after the gateway's read timeout (10 s).
+    sandbox.add_fault("send", "slow", seconds=11)
+    response = sandbox.send(code)
+    assert response.status_code == 504, response.text
+    assert response.json()["errorCode"] == "UPSTREAM_OUTCOME_UNKNOWN"
+    assert sandbox.status(code) == "SUBMITTING"
+    assert sandbox.wait_zeyi_approval(code)["status"] == "PENDING"  # it exists at Zeyi
+    sandbox.decide(code, "agree")
+    result = sandbox.wait_status(code, "AGREED")
+    assert result["status"] == "AGREED"
+    assert len(applied_callbacks(result)) == 1
