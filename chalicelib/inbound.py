@@ -23,6 +23,7 @@ from chalicelib.errors import (
     HeaderMissingError,
 )
 from chalicelib.logs import logger
+from chalicelib.payloads import LOOKUP_CODE_MAX_CHARS
 from chalicelib.settings import Settings
 
 MAX_BODY_BYTES = 256 * 1024
@@ -30,7 +31,7 @@ _CALLBACK_TYPES = ("finish", "terminate")
 _FINISH_RESULTS = ("agree", "refuse")
 _REQUIRED_TEXT = ("code", "businessId", "type")
 _OPTIONAL_TEXT = ("result", "auditType", "auditUser", "remark")
-_MAX_FIELD_CHARS = {"code": 128, "businessId": 128}
+_MAX_FIELD_CHARS = {"code": LOOKUP_CODE_MAX_CHARS, "businessId": 128}
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def parse_callback(text: str) -> dict:
             problems.append(f"{name} is required and must be a non-empty string")
         elif len(value) > _MAX_FIELD_CHARS.get(name, 64):
             problems.append(f"{name} is longer than {_MAX_FIELD_CHARS.get(name, 64)} characters")
+        elif not value.isprintable():
+            problems.append(f"{name} must not contain control characters")
     for name in _OPTIONAL_TEXT:
         if body.get(name) is not None and not isinstance(body[name], str):
             problems.append(f"{name} must be a string")

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from chalicelib.errors import BodyTooLargeError, ValidationError
 
 CODE_MAX_CHARS = 64
+LOOKUP_CODE_MAX_CHARS = 128  # what a callback may carry (chalicelib.inbound)
 TEXT_MAX_CHARS = 2_000
 VALUE_MAX_CHARS = 10_000
 LIST_MAX_ITEMS = 100
@@ -91,10 +92,15 @@ def validate_cancel(payload: object) -> dict:
 
 
 def validate_code(code: object) -> str:
-    """Raises ValidationError unless ``code`` is a well-formed business number."""
-    problems: list[str] = []
-    _code({"code": code}, problems)
-    _raise(problems)
+    """A code to look up. Raises ValidationError unless it is 1 to 128 printable characters.
+
+    Looser than the rule for new sends: a callback may record a code that predates the gateway,
+    in whatever form Zeyi knows it, and that code must still be readable.
+    """
+    if (not isinstance(code, str) or not 1 <= len(code) <= LOOKUP_CODE_MAX_CHARS
+            or not code.isprintable()):
+        raise ValidationError(f"code must be 1 to {LOOKUP_CODE_MAX_CHARS} printable characters",
+                              result={"problems": ["code"]})
     return code
 
 

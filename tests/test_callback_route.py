@@ -244,6 +244,8 @@ def bad_requests():
         "missing code": (peer.callback_body(code=...), {}, 400, "BODY_INVALID"),
         "missing businessId": (peer.callback_body(businessId=...), {}, 400, "BODY_INVALID"),
         "code not a string": (peer.callback_body(code=42), {}, 400, "BODY_INVALID"),
+        "code with a control character": (peer.callback_body(code="A\u0000B"), {}, 400, "BODY_INVALID"),
+        "code too long": (peer.callback_body(code="x" * 129), {}, 400, "BODY_INVALID"),
         "remark not a string": (peer.callback_body(remark=["x"]), {}, 400, "BODY_INVALID"),
         "unknown type": (peer.callback_body(type="approve"), {}, 400, "BODY_INVALID"),
         "unknown result": (peer.callback_body(result="maybe"), {}, 400, "BODY_INVALID"),
@@ -393,3 +395,11 @@ def test_internal_error_is_an_envelope_without_a_trace(gateway, monkeypatch):
     status, envelope = post_callback(gateway, peer.callback_body())
     assert status == 500 and envelope["errorCode"] == "INTERNAL_ERROR"
     assert "secret internals" not in json.dumps(envelope) and "Traceback" not in json.dumps(envelope)
+
+
+def test_a_code_that_predates_the_gateway_is_recorded_and_can_be_read_back(gateway):
+    status, _ = post_callback(gateway, peer.callback_body(code="合同 2019/07"))
+    assert status == 200
+    answer = gateway.lambda_.invoke("get_approval", {"code": "合同 2019/07"}).payload
+    assert answer["result"]["status"] == "AGREED"
+    assert answer["result"]["attempts"][0]["origin"] == "callback"

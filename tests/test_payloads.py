@@ -111,7 +111,17 @@ def test_unknown_fields_are_refused_by_name_not_dropped():
                                   "a#b"])
 def test_a_code_outside_the_safe_charset_or_length_is_refused(code):
     assert "code must be 1 to 64 characters" in problems_of(validate_send, send_body(code=code))
-    assert "code must be 1 to 64 characters" in problems_of(validate_code, code)
+
+
+@pytest.mark.parametrize("code", ["", "x" * 129, "a\nb", 12, None])
+def test_a_lookup_code_must_be_printable_and_at_most_128_characters(code):
+    with pytest.raises(ValidationError, match="code must be 1 to 128 printable"):
+        validate_code(code)
+
+
+@pytest.mark.parametrize("code", ["有中文", "../x", "a b", "x" * 128])
+def test_a_code_a_callback_could_record_can_be_looked_up(code):
+    assert validate_code(code) == code
 
 
 @pytest.mark.parametrize("code", ["A", "x" * 64, "PO_2026.01:7-a", "0"])
