@@ -5,7 +5,8 @@ touches while other request threads write to them, and under concurrent load (th
 burst test: 16 sends at once) it answers HTTP 500 "dictionary changed size during iteration".
 Real DynamoDB applies each request atomically; serializing the requests here gives the gateway
 that same guarantee, so a 500 from the emulator is never mistaken for a gateway bug. Connections
-are still accepted concurrently.
+are still accepted concurrently. Transactions also snapshot only what they can change (see
+``install_cheap_transaction_snapshots``), so the sandbox does not slow down as its tables grow.
 
 Run as ``python -m sandbox.moto_server -H 127.0.0.1 -p 5000``.
 """
@@ -23,6 +24,65 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import run_simple
+
+
+def install_cheap_transaction_snapshots() -> None:
+    """Make moto's TransactWriteItems snapshot only what a transaction can change.
+
+    moto 5 deep-copies every table a transaction touches, to roll back if one of its conditions
+    fails: O(table size) per transaction, which makes the sandbox slower with every approval it
+    has seen (a burst of sends then exceeds the gateway's DynamoDB read timeout). A transaction
+    only writes the items whose keys it names, so the snapshot here shares every other item
+    and deep-copies only the item collections of the partition keys named. Only safe because
+    SerializedApp runs one request at a time (the module's ``copy`` is swapped for the call).
+    """
+    import copy as copy_module
+    from collections import defaultdict
+
+    import moto.dynamodb.models as models
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+
+    original = models.DynamoDBBackend.transact_write_items
+
+    def snapshot(table: Table, partitions: set) -> Table:
+        clone = copy_module.copy(table)
+        clone.items = defaultdict(dict)
+        for partition, content in table.items.items():
+            clone.items[partition] = dict(content) if table.range_key_attr else content
+        for partition in partitions:
+            if partition in table.items:
+                clone.items[partition] = copy_module.deepcopy(table.items[partition])
+        return clone
+
+    class CheapCopy:
+        def __init__(self, partitions: dict[str, set]):
+            self._partitions = partitions
+
+        def __getattr__(self, name):
+            return getattr(copy_module, name)
+
+        def deepcopy(self, value, memo=None):
+            if isinstance(value, Table):
+                return snapshot(value, self._partitions.get(value.name, set()))
+            return copy_module.deepcopy(value, memo)
+
+    def transact_write_items(self, transact_items):
+        partitions: dict[str, set] = {}
+        for entry in transact_items:
+            for operation in entry.values():
+                table = self.tables.get(operation.get("TableName"))
+                key = (operation.get("Item") or operation.get("Key") or {}) if table else {}
+                if table is not None and table.hash_key_attr in key:
+                    partitions.setdefault(table.name, set()).add(
+                        DynamoType(key[table.hash_key_attr]))
+        models.copy = CheapCopy(partitions)
+        try:
+            return original(self, transact_items)
+        finally:
+            models.copy = copy_module
+
+    models.DynamoDBBackend.transact_write_items = transact_write_items
 
 
 class SerializedApp:
@@ -51,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        install_cheap_transaction_snapshots()
+    except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
+        print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, SerializedApp(app), threaded=True,
                request_handler=MotoRequestHandler)
