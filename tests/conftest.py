@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -98,3 +99,30 @@ def gateway(aws_env, tmp_path):
         yield client
     gateway_app._secrets = None
     gateway_app._zeyi.clear()
+
+
+@pytest.fixture
+def atomic_requests(aws_env):
+    """One DynamoDB request at a time, as DynamoDB itself guarantees per request and moto server
+    does not: its threaded server runs concurrent requests on shared tables without a lock (a
+    failed transaction restores a deep copy of every table it touched, wiping writes made
+    meanwhile, and readers can see half-applied updates). Requests of different threads still
+    interleave freely, so the store's read-then-conditional-write race is what is tested."""
+    lock = threading.Lock()
+    held = threading.local()
+
+    def before_send(**kwargs):
+        lock.acquire()
+        held.value = True
+
+    def after_attempt(**kwargs):
+        if getattr(held, "value", False):
+            held.value = False
+            lock.release()
+
+    events = aws.client("dynamodb").meta.events
+    events.register("before-send.dynamodb", before_send)
+    events.register_first("needs-retry.dynamodb", after_attempt)
+    yield
+    events.unregister("before-send.dynamodb", before_send)
+    events.unregister("needs-retry.dynamodb", after_attempt)

@@ -44,7 +44,7 @@ def test_cold_callback_reads_each_secret_once(gateway):
     assert counter.calls["secretsmanager.GetSecretValue"] == 2  # inbound credentials, token key
 
 
-def test_concurrent_redeliveries_apply_exactly_once(aws_env):
+def test_concurrent_redeliveries_apply_exactly_once(aws_env, atomic_requests):
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
     attempt = store.claim("RACE", {"code": "RACE"}, 120)
     store.settle_send("RACE", attempt, "PENDING", {"success": True})
@@ -68,7 +68,7 @@ def test_concurrent_redeliveries_apply_exactly_once(aws_env):
     assert history["status"] == "AGREED" and len(history["callbacks"]) == 1
 
 
-def test_concurrent_callbacks_for_an_unknown_code_create_one_attempt(aws_env):
+def test_concurrent_callbacks_for_an_unknown_code_create_one_attempt(aws_env, atomic_requests):
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
     barrier = threading.Barrier(8)
 

@@ -171,33 +171,6 @@ def test_a_second_send_while_pending_is_409_naming_the_status(store, zeyi, clien
     assert len(zeyi.requests_log(kind="send")) == 1
 
 
-@pytest.fixture
-def atomic_requests(aws_env):
-    """One DynamoDB request at a time, as DynamoDB itself guarantees per request and moto server
-    does not: its threaded server runs concurrent requests on shared tables without a lock (a
-    failed transaction restores a deep copy of every table it touched, wiping writes made
-    meanwhile, and readers can see half-applied updates). Requests of different threads still
-    interleave freely, so the store's read-then-conditional-write race is what is tested."""
-    lock = threading.Lock()
-    held = threading.local()
-
-    def before_send(**kwargs):
-        lock.acquire()
-        held.value = True
-
-    def after_attempt(**kwargs):
-        if getattr(held, "value", False):
-            held.value = False
-            lock.release()
-
-    events = aws.client("dynamodb").meta.events
-    events.register("before-send.dynamodb", before_send)
-    events.register_first("needs-retry.dynamodb", after_attempt)
-    yield
-    events.unregister("before-send.dynamodb", before_send)
-    events.unregister("needs-retry.dynamodb", after_attempt)
-
-
 def test_concurrent_sends_of_one_code_reach_zeyi_exactly_once(store, zeyi, client_for,
                                                                atomic_requests):
     client = client_for(zeyi.url)
