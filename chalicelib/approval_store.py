@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -116,40 +117,59 @@ class DynamoDBApprovalStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "TransactionCanceledException":
                 raise _Cancelled(exc.response.get("CancellationReasons", [])) from exc
-            if code in _TRANSIENT_CODES:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _TRANSIENT_CODES or status >= 500:
                 raise ServiceUnavailableError(f"DynamoDB is unavailable ({code})") from exc
             raise
         except BotoCoreError as exc:
             raise ServiceUnavailableError(
                 f"DynamoDB could not be reached ({type(exc).__name__})") from exc
 
+    def _transact(self, items: list[dict]) -> dict:
+        # botocore retries a call whose answer timed out; the token makes DynamoDB treat that
+        # retry of an already committed transaction as the same request, not a conflicting one
+        # (which would report a fresh nonce as replayed, or a free code as active).
+        return self._call("transact_write_items", TransactItems=items,
+                          ClientRequestToken=str(uuid.uuid4()))
+
     def _key(self, code: str, sk: str) -> dict:
         return {"code": _s(code), "sk": _s(sk)}
 
-    def _nonce_put(self, app_key: str, nonce: str, ttl_seconds: int) -> dict:
+    def _nonce_put(self, app_key: str, nonce: str, ttl_seconds: int, request_id: str) -> dict:
         now_s = int(self._clock())
         # Correctness never waits for TTL deletion, which can lag by days: an expired entry
-        # counts as absent.
+        # counts as absent. The request id tells this very request's retry from a replay.
         return {"Put": {
             "TableName": self._nonces,
-            "Item": {"pk": _s(f"{app_key}:{nonce}"), "expiresAt": _n(now_s + ttl_seconds)},
+            "Item": {"pk": _s(f"{app_key}:{nonce}"), "expiresAt": _n(now_s + ttl_seconds),
+                     "requestId": _s(request_id)},
             "ConditionExpression": "attribute_not_exists(pk) OR expiresAt < :now",
             "ExpressionAttributeValues": {":now": _n(now_s)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }}
+
+    @staticmethod
+    def _committed_already(existing_nonce: dict | None, request_id: str) -> bool:
+        """True when the nonce was stored by ``request_id`` itself: botocore resent a write whose
+        answer was lost, and the first try had committed. Raises NonceReplayedError otherwise."""
+        if existing_nonce and existing_nonce.get("requestId", {}).get("S") == request_id:
+            return True
+        raise NonceReplayedError("nonce was already used")
 
     # -- nonces ----------------------------------------------------------------------------------
 
     def use_nonce(self, app_key: str, nonce: str, ttl_seconds: int) -> None:
         """Record a nonce. Raises NonceReplayedError when it was used within its lifetime."""
-        put = self._nonce_put(app_key, nonce, ttl_seconds)["Put"]
         from botocore.exceptions import ClientError
 
+        request_id = secrets.token_hex(8)
         try:
+            put = self._nonce_put(app_key, nonce, ttl_seconds, request_id)["Put"]
             self._call("put_item", **put)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise NonceReplayedError("nonce was already used") from exc
-            raise
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            self._committed_already(exc.response.get("Item"), request_id)
 
     # -- callbacks -------------------------------------------------------------------------------
 
@@ -160,12 +180,14 @@ class DynamoDBApprovalStore:
         """
         target = states.status_after_callback(callback.type, callback.result)
         for _ in range(_CALLBACK_TRIES):
+            request_id = secrets.token_hex(8)
             try:
-                self._apply_callback(callback, target, nonce_ttl_seconds)
+                self._apply_callback(callback, target, nonce_ttl_seconds, request_id)
                 return CallbackOutcome("applied", target)
             except _Cancelled as cancelled:
-                if cancelled.failed(0):
-                    raise NonceReplayedError("nonce was already used") from None
+                if cancelled.failed(0) and self._committed_already(cancelled.old_item(0),
+                                                                   request_id):
+                    return CallbackOutcome("applied", target)
                 if cancelled.failed(1):
                     self._record_only(callback, nonce_ttl_seconds, None)
                     return CallbackOutcome("duplicate", target)
@@ -175,12 +197,15 @@ class DynamoDBApprovalStore:
                         status = head["status"]["S"]
                         self._record_only(callback, nonce_ttl_seconds, status)
                         return CallbackOutcome("ignored", status)
+                    request_id = secrets.token_hex(8)
                     try:
-                        self._create_from_callback(callback, target, nonce_ttl_seconds)
+                        self._create_from_callback(callback, target, nonce_ttl_seconds,
+                                                   request_id)
                         return CallbackOutcome("applied", target)
                     except _Cancelled as again:
-                        if again.failed(0):
-                            raise NonceReplayedError("nonce was already used") from None
+                        if again.failed(0) and self._committed_already(again.old_item(0),
+                                                                       request_id):
+                            return CallbackOutcome("applied", target)
                         continue  # another writer created the code meanwhile: start over
                 # A transaction conflict with a concurrent writer: try again.
         raise ServiceUnavailableError("callback could not be stored: too many concurrent writes")
@@ -204,10 +229,11 @@ class DynamoDBApprovalStore:
                 item[name] = _s(value)
         return item
 
-    def _apply_callback(self, callback: CallbackRecord, target: str, ttl: int) -> None:
+    def _apply_callback(self, callback: CallbackRecord, target: str, ttl: int,
+                        request_id: str) -> None:
         now = self._now_ms()
-        self._call("transact_write_items", TransactItems=[
-            self._nonce_put(callback.app_key, callback.nonce, ttl),
+        self._transact([
+            self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
             {"Put": {
                 "TableName": self._approvals,
                 "Item": self._callback_item(callback, True, target),
@@ -233,13 +259,14 @@ class DynamoDBApprovalStore:
             }},
         ])
 
-    def _create_from_callback(self, callback: CallbackRecord, target: str, ttl: int) -> None:
+    def _create_from_callback(self, callback: CallbackRecord, target: str, ttl: int,
+                              request_id: str) -> None:
         # The code was never sent through the gateway (it may predate it): the callback becomes
         # the code's first attempt, in the state it announces.
         now = self._now_ms()
         attempt_id = new_attempt_id(now)
-        self._call("transact_write_items", TransactItems=[
-            self._nonce_put(callback.app_key, callback.nonce, ttl),
+        self._transact([
+            self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
             {"Put": {
                 "TableName": self._approvals,
                 "Item": self._callback_item(callback, True, target),
@@ -267,7 +294,8 @@ class DynamoDBApprovalStore:
 
     def _record_only(self, callback: CallbackRecord, ttl: int, status: str | None) -> None:
         """Burn the nonce and, for a late callback, keep it for audit; the approval stays as is."""
-        items = [self._nonce_put(callback.app_key, callback.nonce, ttl)]
+        request_id = secrets.token_hex(8)
+        items = [self._nonce_put(callback.app_key, callback.nonce, ttl, request_id)]
         if status is not None:
             items.append({"Put": {
                 "TableName": self._approvals,
@@ -275,10 +303,11 @@ class DynamoDBApprovalStore:
                 "ConditionExpression": "attribute_not_exists(sk)",
             }})
         try:
-            self._call("transact_write_items", TransactItems=items)
+            self._transact(items)
         except _Cancelled as cancelled:
-            if cancelled.failed(0):
-                raise NonceReplayedError("nonce was already used") from None
+            if cancelled.failed(0) and self._committed_already(cancelled.old_item(0),
+                                                               request_id):
+                return
             if len(items) > 1 and cancelled.failed(1):
                 return  # the same late callback, recorded by a concurrent delivery
             raise ServiceUnavailableError("callback could not be stored: concurrent writes") \
@@ -346,10 +375,14 @@ class DynamoDBApprovalStore:
                         ":final": _s(head["status"]), ":now": _n(now), ":id": _s(attempt_id)},
                 }})
             try:
-                self._call("transact_write_items", TransactItems=items)
+                self._transact(items)
                 return attempt_id
             except _Cancelled:
-                continue  # someone changed the code since we read it: read again
+                # Someone changed the code since we read it, or this was botocore's retry of
+                # our own claim after its answer was lost: read again.
+                if (self.get_head(code) or {}).get("attemptId") == attempt_id:
+                    return attempt_id
+                continue
         head = self.get_head(code)
         if head is not None:
             _raise_if_active(code, head, self._now_ms())
@@ -369,7 +402,7 @@ class DynamoDBApprovalStore:
                 ":status": _s(status), ":outcome": _to_dynamo(outcome), ":now": _n(now)},
         }}
         try:
-            self._call("transact_write_items", TransactItems=[
+            self._transact([
                 {"Update": {
                     "TableName": self._approvals,
                     "Key": self._key(code, HEAD),
@@ -400,7 +433,7 @@ class DynamoDBApprovalStore:
         already moved the approval on."""
         now = self._now_ms()
         try:
-            self._call("transact_write_items", TransactItems=[
+            self._transact([
                 {"Update": {
                     "TableName": self._approvals,
                     "Key": self._key(code, HEAD),

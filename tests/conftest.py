@@ -126,3 +126,18 @@ def atomic_requests(aws_env):
     yield
     events.unregister("before-send.dynamodb", before_send)
     events.unregister("needs-retry.dynamodb", after_attempt)
+
+
+def retry_once_after_success(client, operation):
+    """Make botocore resend the first ``operation`` after it succeeded, as it does when the
+    answer is lost to a read timeout."""
+    fired = []
+
+    def retry_after_success(response=None, attempts=None, **kwargs):
+        if not fired and response is not None and response[0].status_code == 200:
+            fired.append(attempts)
+            return 0  # retry now
+        return None
+
+    client.meta.events.register_first(f"needs-retry.dynamodb.{operation}", retry_after_success)
+    return fired

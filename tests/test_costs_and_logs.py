@@ -10,7 +10,14 @@ from collections import Counter
 from chalicelib import aws
 from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
 from tests import peer
-from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, OUTBOUND, TOKEN_KEYS
+from tests.conftest import (
+    APPROVALS_TABLE,
+    INBOUND,
+    NONCES_TABLE,
+    OUTBOUND,
+    TOKEN_KEYS,
+    retry_once_after_success,
+)
 from tests.test_callback_route import CALLBACK, post_callback, seed_pending, token_for
 
 
@@ -123,3 +130,18 @@ def _log_a_good_and_a_bad_callback(gateway, stream):
     assert gateway.http.post(CALLBACK, body=broken, headers=peer.signed_headers(
         broken, token=token, nonce="zzz998")).status_code == 400
     return stream.getvalue(), token, headers
+
+
+def test_a_retried_callback_transaction_is_not_a_replay(gateway):
+    token = token_for(gateway)
+    seed_pending("RETRY-1")
+    fired = retry_once_after_success(aws.client("dynamodb"), "TransactWriteItems")
+    status, envelope = post_callback(gateway, peer.callback_body(code="RETRY-1"), token=token)
+    assert fired, "the forced retry did not happen"
+    assert (status, envelope["result"]["disposition"]) == (200, "applied")
+
+
+def test_a_retried_token_nonce_put_is_not_a_replay(gateway):
+    fired = retry_once_after_success(aws.client("dynamodb"), "PutItem")
+    response = gateway.http.post("/auth/token", body=b"{}", headers=peer.signed_headers(b"{}"))
+    assert fired and response.status_code == 200, response.body

@@ -37,7 +37,13 @@ from chalicelib.settings import load_settings
 from chalicelib.zeyi_client import ZeyiClient
 from sandbox.zeyi_protocol import Credential as ZeyiCredential
 from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
-from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, OUTBOUND
+from tests.conftest import (
+    APPROVALS_TABLE,
+    INBOUND,
+    NONCES_TABLE,
+    OUTBOUND,
+    retry_once_after_success,
+)
 from tests.moto_server import free_port
 
 LEASE_SECONDS = 120
@@ -194,6 +200,13 @@ def test_concurrent_sends_of_one_code_reach_zeyi_exactly_once(store, zeyi, clien
     assert sorted(outcomes) == ["active"] * 19 + ["sent"]
     assert len(zeyi.requests_log(kind="send")) == 1
     assert status_of(store) == "PENDING"
+
+
+def test_a_claim_resent_by_botocore_after_it_committed_is_still_ours(store, zeyi, client_for):
+    fired = retry_once_after_success(aws.client("dynamodb"), "TransactWriteItems")
+    assert send(store, client_for(zeyi.url))["success"] is True
+    assert fired and status_of(store) == "PENDING"
+    assert len(zeyi.requests_log(kind="send")) == 1
 
 
 def test_zeyi_down_is_failed_and_the_code_can_be_sent_again_at_once(store, zeyi, client_for):
