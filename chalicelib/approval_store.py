@@ -210,7 +210,8 @@ class DynamoDBApprovalStore:
                 # A transaction conflict with a concurrent writer: try again.
         raise ServiceUnavailableError("callback could not be stored: too many concurrent writes")
 
-    def _callback_item(self, callback: CallbackRecord, applied: bool, status: str) -> dict:
+    def _callback_put(self, callback: CallbackRecord, applied: bool, status: str) -> dict:
+        """The callback's record, written only if this callback was never recorded before."""
         item = {
             "code": _s(callback.code),
             "sk": _s(callback.key),
@@ -227,18 +228,15 @@ class DynamoDBApprovalStore:
                             ("auditUser", callback.audit_user), ("remark", callback.remark)):
             if value is not None:
                 item[name] = _s(value)
-        return item
+        return {"Put": {"TableName": self._approvals, "Item": item,
+                        "ConditionExpression": "attribute_not_exists(sk)"}}
 
     def _apply_callback(self, callback: CallbackRecord, target: str, ttl: int,
                         request_id: str) -> None:
         now = self._now_ms()
         self._transact([
             self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
-            {"Put": {
-                "TableName": self._approvals,
-                "Item": self._callback_item(callback, True, target),
-                "ConditionExpression": "attribute_not_exists(sk)",
-            }},
+            self._callback_put(callback, True, target),
             {"Update": {
                 "TableName": self._approvals,
                 "Key": self._key(callback.code, HEAD),
@@ -267,11 +265,7 @@ class DynamoDBApprovalStore:
         attempt_id = new_attempt_id(now)
         self._transact([
             self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
-            {"Put": {
-                "TableName": self._approvals,
-                "Item": self._callback_item(callback, True, target),
-                "ConditionExpression": "attribute_not_exists(sk)",
-            }},
+            self._callback_put(callback, True, target),
             {"Put": {
                 "TableName": self._approvals,
                 "Item": {
@@ -297,11 +291,7 @@ class DynamoDBApprovalStore:
         request_id = secrets.token_hex(8)
         items = [self._nonce_put(callback.app_key, callback.nonce, ttl, request_id)]
         if status is not None:
-            items.append({"Put": {
-                "TableName": self._approvals,
-                "Item": self._callback_item(callback, False, status),
-                "ConditionExpression": "attribute_not_exists(sk)",
-            }})
+            items.append(self._callback_put(callback, False, status))
         try:
             self._transact(items)
         except _Cancelled as cancelled:

@@ -2,6 +2,7 @@
 secrets per test, and builders for signed requests."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -141,3 +142,26 @@ def retry_once_after_success(client, operation):
 
     client.meta.events.register_first(f"needs-retry.dynamodb.{operation}", retry_after_success)
     return fired
+
+
+@contextlib.contextmanager
+def simulator(**config):
+    """The Zeyi simulator in this process on a free loopback port: the fake Zeyi of the tests,
+    checking every signature with its own code."""
+    from sandbox.zeyi_protocol import Credential as ZeyiCredential
+    from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
+
+    sim = ZeyiSimulator(SimulatorConfig(
+        outbound=ZeyiCredential.from_json(OUTBOUND), inbound=ZeyiCredential.from_json(INBOUND),
+        port=config.pop("port", 0), **config))
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop(timeout_seconds=2.0)
+
+
+@pytest.fixture
+def zeyi():
+    with simulator() as sim:
+        yield sim

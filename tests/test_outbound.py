@@ -4,7 +4,6 @@ simulator on 127.0.0.1, which checks every signature with its own code. Asserted
 told, what the store shows, what Zeyi received, and how many AWS calls each use case costs."""
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from tests.conftest import (
     NONCES_TABLE,
     OUTBOUND,
     retry_once_after_success,
+    simulator,
 )
 from tests.moto_server import free_port
 
@@ -73,22 +73,6 @@ class Clock:
         return time.time() + self.skipped_seconds
 
 
-@contextlib.contextmanager
-def simulator(**config):
-    sim = ZeyiSimulator(SimulatorConfig(
-        outbound=ZeyiCredential.from_json(OUTBOUND), inbound=ZeyiCredential.from_json(INBOUND),
-        port=config.pop("port", 0), **config))
-    sim.start()
-    try:
-        yield sim
-    finally:
-        sim.stop(timeout_seconds=2.0)
-
-
-@pytest.fixture
-def zeyi():
-    with simulator() as sim:
-        yield sim
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.test_outbound import cancel_body, send_body, simulator
+from tests.conftest import simulator
+from tests.test_outbound import cancel_body, send_body
 
 
 @pytest.fixture

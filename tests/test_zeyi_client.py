@@ -24,7 +24,7 @@ from chalicelib.errors import (
 from chalicelib.zeyi_client import ZeyiClient
 from sandbox.zeyi_protocol import Credential as ZeyiCredential
 from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
-from tests.conftest import INBOUND, OUTBOUND
+from tests.conftest import INBOUND, OUTBOUND, simulator
 from tests.moto_server import free_port
 
 
@@ -67,22 +67,6 @@ def client_for(url: str, credential: Credential | None = None, **overrides) -> Z
     return ZeyiClient(url, lambda: credential or outbound(), **options)
 
 
-@contextlib.contextmanager
-def simulator(**config):
-    sim = ZeyiSimulator(SimulatorConfig(
-        outbound=ZeyiCredential.from_json(OUTBOUND), inbound=ZeyiCredential.from_json(INBOUND),
-        port=config.pop("port", 0), **config))
-    sim.start()
-    try:
-        yield sim
-    finally:
-        sim.stop(timeout_seconds=2.0)
-
-
-@pytest.fixture
-def zeyi():
-    with simulator() as sim:
-        yield sim
 
 
 def md5_sign(app_key: str, secret: str, headers: dict, body: bytes, legacy=False) -> str:
