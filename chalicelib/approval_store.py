@@ -190,7 +190,9 @@ class DynamoDBApprovalStore:
                     return CallbackOutcome("applied", target)
                 if cancelled.failed(1):
                     self._record_only(callback, nonce_ttl_seconds, None)
-                    return CallbackOutcome("duplicate", target)
+                    first = cancelled.old_item(1) or {}
+                    return CallbackOutcome("duplicate",
+                                           first.get("statusAfter", {}).get("S", target))
                 if cancelled.failed(2):
                     head = cancelled.old_item(2)
                     if head is not None:
@@ -229,7 +231,8 @@ class DynamoDBApprovalStore:
             if value is not None:
                 item[name] = _s(value)
         return {"Put": {"TableName": self._approvals, "Item": item,
-                        "ConditionExpression": "attribute_not_exists(sk)"}}
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
 
     def _apply_callback(self, callback: CallbackRecord, target: str, ttl: int,
                         request_id: str) -> None:

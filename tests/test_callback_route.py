@@ -188,6 +188,9 @@ def test_late_callback_never_leaves_a_final_state(gateway):
     record = history(gateway, "HT-LATE")
     assert record["status"] == "AGREED"
     assert [c["applied"] for c in record["callbacks"]] == [False, True]
+    status, envelope = post_callback(gateway, peer.callback_body(code="HT-LATE", type="terminate",
+                                                                 result=...))
+    assert envelope["result"] == {"status": "AGREED", "disposition": "duplicate"}
 
 
 def test_terminate_settles_a_cancelling_approval(gateway):
