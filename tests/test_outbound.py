@@ -45,22 +45,9 @@ from tests.conftest import (
     simulator,
 )
 from tests.moto_server import free_port
+from tests.peer import cancel_body, send_body
 
 LEASE_SECONDS = 120
-
-
-def send_body(code: str = "PO-1", **overrides) -> dict:
-    body = {"code": code, "auditType": "purchase", "originatorUsername": "E1001",
-            "orgCode": "JR01",
-            "auditFormList": [{"type": "text", "key": "金额", "value": "1200.00"},
-                              {"type": "file", "key": "合同", "value": "https://f.example/c.pdf"}],
-            "conditionParamList": [{"name": "amount", "value": "1200"}]}
-    body.update(overrides)
-    return body
-
-
-def cancel_body(code: str = "PO-1") -> dict:
-    return {"code": code, "type": "purchase", "remark": "录入错误", "username": "E1001"}
 
 
 class Clock:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import simulator
-from tests.test_outbound import cancel_body, send_body
+from tests.peer import cancel_body, send_body
 
 
 @pytest.fixture

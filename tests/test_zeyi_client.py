@@ -26,20 +26,7 @@ from sandbox.zeyi_protocol import Credential as ZeyiCredential
 from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
 from tests.conftest import INBOUND, OUTBOUND, simulator
 from tests.moto_server import free_port
-
-
-def send_body(code: str = "PO-1", **overrides) -> dict:
-    body = {"code": code, "auditType": "purchase", "originatorUsername": "E1001",
-            "orgCode": "JR01",
-            "auditFormList": [{"type": "text", "key": "说明", "value": "办公用品 <A&B> 'x'=1"},
-                              {"type": "file", "key": "合同", "value": "https://f.example/c.pdf"}],
-            "conditionParamList": [{"name": "amount", "value": "1200"}]}
-    body.update(overrides)
-    return body
-
-
-def cancel_body(code: str = "PO-1") -> dict:
-    return {"code": code, "type": "purchase", "remark": "录入错误", "username": "E1001"}
+from tests.peer import cancel_body, send_body
 
 
 def outbound(**overrides) -> Credential:
