@@ -212,3 +212,26 @@ def test_a_send_whose_answer_was_lost_is_settled_by_zeyis_callback(sandbox: Sand
     result = sandbox.wait_status(code, "AGREED")
     assert result["status"] == "AGREED"
     assert len(applied_callbacks(result)) == 1
+
+
+def test_encryption_both_ways(tmp_path):
+    """A gateway with ZEYI_ENCRYPT and CALLBACK_ENCRYPTED on, and a simulator that expects and
+    sends AES bodies: the whole round trip still works, and nothing travels in clear."""
+    from tests.e2e.conftest import SIMULATOR_ARGS
+
+    encrypted = SandboxStack(
+        gateway_port=free_port(), zeyi_port=free_port(), aws_port=free_port(), log_dir=tmp_path,
+        simulator_args=[*SIMULATOR_ARGS, "--encrypt-requests", "--encrypt-callbacks"],
+        gateway_env={"ZEYI_ENCRYPT": "true", "CALLBACK_ENCRYPTED": "true"})
+    with encrypted:
+        sandbox = Sandbox(encrypted.gateway_url, encrypted.zeyi_url)
+        code = sandbox.new_code("ENC")
+        assert_ok(sandbox.send(code))
+        (received,) = sandbox.zeyi_requests(code, "send")
+        assert received["verdict"] == "OK"
+        assert code not in received["body"]  # on the wire: Base64 ciphertext only
+        assert received["json"] == send_body(code)  # what Zeyi decrypted
+        sandbox.decide(code, "agree")
+        result = sandbox.wait_status(code, "AGREED")
+        (callback,) = applied_callbacks(result)
+        assert json.loads(callback["body"])["code"] == code  # stored decrypted, as verified
