@@ -6,6 +6,7 @@ with ``chalice local --stage local``. Ctrl-C or SIGTERM stops all three. See doc
 
 Ports: SANDBOX_GATEWAY_PORT (8000), SANDBOX_ZEYI_PORT (8001), SANDBOX_AWS_PORT (5000).
 SANDBOX_AUTO_DECIDE=agree|refuse|terminate|by-suffix makes the simulator decide by itself.
+SANDBOX_ENCRYPT=true encrypts both directions (the gateway's ZEYI_ENCRYPT and CALLBACK_ENCRYPTED).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from sandbox.stack import (
 )
 
 AUTO_DECIDE_ENV = "SANDBOX_AUTO_DECIDE"
+ENCRYPT_ENV = "SANDBOX_ENCRYPT"
 SAMPLE_SEND = ('{"code":"HT-1","auditType":"CONTRACT","originatorUsername":"E1001",'
                '"orgCode":"ORG-1","auditFormList":[{"type":"text","key":"amount",'
                '"value":"100.00"}]}')
@@ -37,10 +39,14 @@ def build_stack(environ=os.environ) -> SandboxStack:
     rule = environ.get(AUTO_DECIDE_ENV, "").strip()
     if rule:
         simulator_args += ["--auto-decide", rule]
+    gateway_env = {}
+    if environ.get(ENCRYPT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+        simulator_args += ["--encrypt-requests", "--encrypt-callbacks"]
+        gateway_env = {"ZEYI_ENCRYPT": "true", "CALLBACK_ENCRYPTED": "true"}
     return SandboxStack(gateway_port=ports[GATEWAY_PORT_ENV], zeyi_port=ports[ZEYI_PORT_ENV],
                         aws_port=ports[AWS_PORT_ENV], log_dir=None,
-                        simulator_args=simulator_args, progress=lambda line: print(line,
-                                                                                  flush=True))
+                        simulator_args=simulator_args, gateway_env=gateway_env,
+                        progress=lambda line: print(line, flush=True))
 
 
 def banner(stack: SandboxStack) -> str:

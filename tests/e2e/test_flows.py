@@ -217,12 +217,14 @@ def test_a_send_whose_answer_was_lost_is_settled_by_zeyis_callback(sandbox: Sand
 def test_encryption_both_ways(tmp_path):
     """A gateway with ZEYI_ENCRYPT and CALLBACK_ENCRYPTED on, and a simulator that expects and
     sends AES bodies: the whole round trip still works, and nothing travels in clear."""
+    from sandbox.run import build_stack
     from tests.e2e.conftest import SIMULATOR_ARGS
 
-    encrypted = SandboxStack(
-        gateway_port=free_port(), zeyi_port=free_port(), aws_port=free_port(), log_dir=tmp_path,
-        simulator_args=[*SIMULATOR_ARGS, "--encrypt-requests", "--encrypt-callbacks"],
-        gateway_env={"ZEYI_ENCRYPT": "true", "CALLBACK_ENCRYPTED": "true"})
+    encrypted = build_stack({"SANDBOX_ENCRYPT": "true", "SANDBOX_GATEWAY_PORT": str(free_port()),
+                             "SANDBOX_ZEYI_PORT": str(free_port()),
+                             "SANDBOX_AWS_PORT": str(free_port())})  # as `make run` builds it
+    encrypted.log_dir = tmp_path
+    encrypted.simulator_args += SIMULATOR_ARGS
     with encrypted:
         sandbox = Sandbox(encrypted.gateway_url, encrypted.zeyi_url)
         code = sandbox.new_code("ENC")
