@@ -226,7 +226,9 @@ def bad_requests():
         "appKey missing": (body, {"appKey": None}, 400, "HEADER_MISSING"),
         "appKey empty": (body, {"appKey": ""}, 400, "HEADER_MISSING"),
         "timestamp missing": (body, {"timestamp": None}, 400, "HEADER_MISSING"),
+        "timestamp empty": (body, {"timestamp": ""}, 400, "HEADER_MISSING"),
         "nonce missing": (body, {"nonce": None}, 400, "HEADER_MISSING"),
+        "nonce empty": (body, {"nonce": ""}, 400, "HEADER_MISSING"),
         "sign missing": (body, {"sign": None}, 400, "HEADER_MISSING"),
         "sign empty": (body, {"sign": " "}, 400, "HEADER_MISSING"),
         "unknown appKey": (body, {"appKey": "someone-else"}, 401, "APP_KEY_UNKNOWN"),
@@ -406,3 +408,25 @@ def test_a_code_that_predates_the_gateway_is_recorded_and_can_be_read_back(gatew
     answer = gateway.lambda_.invoke("get_approval", {"code": "合同 2019/07"}).payload
     assert answer["result"]["status"] == "AGREED"
     assert answer["result"]["attempts"][0]["origin"] == "callback"
+
+
+def test_a_credential_marked_legacy_accepts_zeyi_sdk_100s_header_only_sign(gateway):
+    from tests.conftest import INBOUND_SECRET_ID
+
+    legacy = dict(INBOUND, legacySign=True)
+    aws.client("secretsmanager").put_secret_value(
+        SecretId=INBOUND_SECRET_ID, SecretString=json.dumps({"credentials": [legacy]}))
+
+    def header_only(headers: dict) -> dict:
+        return dict(headers, sign=peer.md5_sign(INBOUND["appKey"], INBOUND["appSecret"],
+                                                headers["timestamp"], headers["nonce"], b""))
+
+    answer = gateway.http.post("/auth/token", body=b"{}",
+                               headers=header_only(peer.signed_headers(b"{}")))
+    token = json.loads(answer.body)["result"]["accessToken"]
+    body = peer.callback_body(code="HT-LEGACY")
+    headers = header_only(peer.signed_headers(body, token=token))
+    assert gateway.http.post(CALLBACK, body=body, headers=headers).status_code == 200
+    full = peer.signed_headers(body, token=token)  # the doc's rule, body included
+    response = gateway.http.post(CALLBACK, body=body, headers=full)
+    assert json.loads(response.body)["errorCode"] == "SIGN_INVALID"
