@@ -320,8 +320,8 @@ class DynamoDBApprovalStore:
         Raises ApprovalActiveError when the code has an active approval (a SUBMITTING one only
         while its lease runs).
         """
+        head = self.get_head(code)
         for _ in range(_CLAIM_TRIES):
-            head = self.get_head(code)
             now = self._now_ms()
             if head is not None:
                 _raise_if_active(code, head, now)
@@ -372,11 +372,10 @@ class DynamoDBApprovalStore:
                 return attempt_id
             except _Cancelled:
                 # Someone changed the code since we read it, or this was botocore's retry of
-                # our own claim after its answer was lost: read again.
-                if (self.get_head(code) or {}).get("attemptId") == attempt_id:
+                # our own claim after its answer was lost: read again, once, for both questions.
+                head = self.get_head(code)
+                if (head or {}).get("attemptId") == attempt_id:
                     return attempt_id
-                continue
-        head = self.get_head(code)
         if head is not None:
             _raise_if_active(code, head, self._now_ms())
         raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
