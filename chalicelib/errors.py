@@ -134,15 +134,15 @@ class ApprovalNotCancellableError(GatewayError):
 
 
 class UpstreamRejectedError(GatewayError):
-    """Zeyi answered and refused the request; its errorCode is kept."""
+    """Zeyi answered and refused the request (a business exception); its errorCode is kept."""
 
     status = 422
     business = True
 
-    def __init__(self, message: str, *, error_code: str | None, business: bool, result=None):
+    def __init__(self, message: str, *, error_code: str | None, result=None, answer=None):
         super().__init__(message, result=result)
         self.error_code = error_code or "UPSTREAM_REJECTED"
-        self.business = business
+        self.answer = answer
 
 
 class UpstreamUnavailableError(GatewayError):
@@ -158,9 +158,30 @@ class UpstreamOutcomeUnknownError(GatewayError):
     error_code = "UPSTREAM_OUTCOME_UNKNOWN"
     status = 504
 
+    def __init__(self, message: str, *, result=None, status: int = 504, answer=None):
+        super().__init__(message, result=result)
+        self.status = status
+        self.answer = answer
+
+
+class UpstreamSystemError(UpstreamOutcomeUnknownError):
+    """Zeyi answered with a failure that is not a business refusal (businessException false):
+    a fault on its side, after which the approval may or may not exist. Its errorCode is kept."""
+
+    def __init__(self, message: str, *, error_code: str | None, result=None, answer=None):
+        super().__init__(message, result=result, status=502, answer=answer)
+        self.error_code = error_code or "UPSTREAM_SYSTEM_ERROR"
+
 
 class ServiceUnavailableError(GatewayError):
     """An AWS service could not be reached or failed; nothing was recorded."""
 
     error_code = "SERVICE_UNAVAILABLE"
     status = 503
+
+
+class StoreError(GatewayError):
+    """DynamoDB refused a write for a reason no retry can fix: a defect, not a conflict."""
+
+    error_code = "INTERNAL_ERROR"
+    status = 500

@@ -18,6 +18,7 @@ TOKEN_SECRET_ID = "TOKEN_SECRET_ID"
 ZEYI_BASE_URL = "ZEYI_BASE_URL"
 ZEYI_CONNECT_TIMEOUT_SECONDS = "ZEYI_CONNECT_TIMEOUT_SECONDS"
 ZEYI_READ_TIMEOUT_SECONDS = "ZEYI_READ_TIMEOUT_SECONDS"
+ZEYI_DEADLINE_SECONDS = "ZEYI_DEADLINE_SECONDS"
 ZEYI_ENCRYPT = "ZEYI_ENCRYPT"
 CALLBACK_ENCRYPTED = "CALLBACK_ENCRYPTED"
 CALLBACK_REQUIRE_TOKEN = "CALLBACK_REQUIRE_TOKEN"
@@ -25,6 +26,7 @@ TOKEN_TTL_SECONDS = "TOKEN_TTL_SECONDS"
 TIMESTAMP_SKEW_SECONDS = "TIMESTAMP_SKEW_SECONDS"
 SECRETS_CACHE_SECONDS = "SECRETS_CACHE_SECONDS"
 SUBMIT_LEASE_SECONDS = "SUBMIT_LEASE_SECONDS"
+CANCEL_LEASE_SECONDS = "CANCEL_LEASE_SECONDS"
 ALLOWED_SOURCE_IPS = "ALLOWED_SOURCE_IPS"
 AWS_CONNECT_TIMEOUT_SECONDS = "AWS_CONNECT_TIMEOUT_SECONDS"
 AWS_READ_TIMEOUT_SECONDS = "AWS_READ_TIMEOUT_SECONDS"
@@ -43,6 +45,7 @@ class Settings:
     zeyi_base_url: str
     zeyi_connect_timeout_seconds: float
     zeyi_read_timeout_seconds: float
+    zeyi_deadline_seconds: float
     zeyi_encrypt: bool
     callback_encrypted: bool
     callback_require_token: bool
@@ -50,6 +53,7 @@ class Settings:
     timestamp_skew_seconds: int
     secrets_cache_seconds: int
     submit_lease_seconds: int
+    cancel_lease_seconds: int
     allowed_source_ips: tuple[str, ...]
     aws_connect_timeout_seconds: float
     aws_read_timeout_seconds: float
@@ -104,6 +108,7 @@ def load_settings() -> Settings:
         zeyi_base_url=_text(ZEYI_BASE_URL, "https://test.shjiuze.cn").rstrip("/"),
         zeyi_connect_timeout_seconds=_number(ZEYI_CONNECT_TIMEOUT_SECONDS, 3.0),
         zeyi_read_timeout_seconds=_number(ZEYI_READ_TIMEOUT_SECONDS, 10.0),
+        zeyi_deadline_seconds=_number(ZEYI_DEADLINE_SECONDS, 12.0),
         zeyi_encrypt=_flag(ZEYI_ENCRYPT, False),
         callback_encrypted=_flag(CALLBACK_ENCRYPTED, False),
         callback_require_token=_flag(CALLBACK_REQUIRE_TOKEN, True),
@@ -111,6 +116,7 @@ def load_settings() -> Settings:
         timestamp_skew_seconds=_number(TIMESTAMP_SKEW_SECONDS, 300, int),
         secrets_cache_seconds=_number(SECRETS_CACHE_SECONDS, 300, int),
         submit_lease_seconds=_number(SUBMIT_LEASE_SECONDS, 120, int),
+        cancel_lease_seconds=_number(CANCEL_LEASE_SECONDS, 600, int),
         allowed_source_ips=ips,
         aws_connect_timeout_seconds=_number(AWS_CONNECT_TIMEOUT_SECONDS, 1.0),
         aws_read_timeout_seconds=_number(AWS_READ_TIMEOUT_SECONDS, 3.0),

@@ -4,11 +4,18 @@ Every failure is sorted by one question, whether the request can have reached Ze
 
 - It never left (connection refused, connect timeout, name resolution): retried a few times with
   backoff, then UpstreamUnavailableError. Nothing happened at Zeyi.
-- Zeyi answered with its envelope and refused (success false or businessException true):
-  UpstreamRejectedError, keeping Zeyi's errorCode and message.
+- Zeyi answered with its envelope and refused (``businessException`` true):
+  UpstreamRejectedError, keeping Zeyi's errorCode and message. Nothing was created.
+- Zeyi answered ``success`` false without a business exception: a fault on its side, after which
+  the approval may or may not exist. UpstreamSystemError, keeping Zeyi's errorCode.
 - Anything else once the body may have been written (read timeout, reset, a 5xx, an answer that
-  is not the envelope): UpstreamOutcomeUnknownError, never retried, since a retry could start a
-  second approval.
+  is not the envelope, the deadline): UpstreamOutcomeUnknownError, never retried, since a retry
+  could start a second approval.
+
+Each call has a total deadline (connect, write and every read), enforced by a watchdog that shuts
+the call's socket down: a read timeout alone is per socket read, so an answer that trickles in
+could otherwise keep a call going past the Lambda timeout, and the caller would get API
+Gateway's answer instead of ours.
 
 The retries are an explicit loop rather than urllib3's ``Retry``: one predicate decides both
 whether to retry and what to report, the backoff sleep is injectable, and no read, status or
@@ -23,9 +30,13 @@ that cannot be told apart from a lost answer, and would leave the approval in do
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from chalicelib import envelope, signing
 from chalicelib.credentials import Credential
@@ -33,6 +44,7 @@ from chalicelib.errors import (
     ConfigError,
     UpstreamOutcomeUnknownError,
     UpstreamRejectedError,
+    UpstreamSystemError,
     UpstreamUnavailableError,
 )
 from chalicelib.payloads import to_wire
@@ -45,18 +57,33 @@ CONNECT_ATTEMPTS = 3
 BACKOFF_SECONDS = 0.2
 IDLE_RECONNECT_SECONDS = 15.0
 RESPONSE_MAX_BYTES = 64 * 1024
+DEADLINE_SECONDS = 12.0
+
+
+@dataclass(frozen=True)
+class ZeyiAnswer:
+    """An answer from Zeyi: its HTTP status and its body as text, exactly as received (bytes
+    that are not UTF-8 replaced), so it can be kept whatever it holds; ``envelope`` is set once
+    it has been judged an envelope."""
+
+    http_status: int
+    text: str
+    envelope: dict | None = None
 
 
 class ZeyiClient:
     def __init__(self, base_url: str, credential: Callable[[], Credential], *,
                  connect_timeout_seconds: float, read_timeout_seconds: float, encrypt: bool,
-                 session=None, connect_attempts: int = CONNECT_ATTEMPTS,
+                 deadline_seconds: float = DEADLINE_SECONDS, session=None,
+                 connect_attempts: int = CONNECT_ATTEMPTS,
                  backoff_seconds: float = BACKOFF_SECONDS,
                  idle_reconnect_seconds: float = IDLE_RECONNECT_SECONDS,
                  clock=time.time, monotonic=time.monotonic, sleep=time.sleep):
         self._base_url = _checked_base_url(base_url)
         self._credential = credential
-        self._timeout = (connect_timeout_seconds, read_timeout_seconds)
+        self._connect_timeout = connect_timeout_seconds
+        self._read_timeout = read_timeout_seconds
+        self._deadline_seconds = deadline_seconds
         self._encrypt = encrypt
         self._connect_attempts = max(1, connect_attempts)
         self._backoff_seconds = backoff_seconds
@@ -67,49 +94,72 @@ class ZeyiClient:
         self._last_used: float | None = None
         self._session = session if session is not None else _new_session()
 
-    def send(self, body: dict) -> dict:
-        """POST a send body; returns Zeyi's envelope when Zeyi accepted it.
+    def send(self, body: dict) -> ZeyiAnswer:
+        """POST a send body; returns Zeyi's answer when Zeyi accepted it.
 
-        Raises UpstreamRejectedError, UpstreamUnavailableError or UpstreamOutcomeUnknownError
-        (see the module docstring); ConfigError or ServiceUnavailableError when the outbound
-        credential cannot be had, before anything is sent.
+        Raises UpstreamRejectedError, UpstreamSystemError, UpstreamUnavailableError or
+        UpstreamOutcomeUnknownError (see the module docstring); ConfigError or
+        ServiceUnavailableError when the outbound credential cannot be had, before anything is
+        sent.
         """
         return self._call(SEND_PATH, body)
 
-    def cancel(self, body: dict) -> dict:
-        """POST a cancel body; returns Zeyi's envelope when Zeyi accepted it. Raises as send."""
+    def cancel(self, body: dict) -> ZeyiAnswer:
+        """POST a cancel body; returns Zeyi's answer when Zeyi accepted it. Raises as send."""
         return self._call(CANCEL_PATH, body)
 
     # -- one call ---------------------------------------------------------------------------------
 
-    def _call(self, path: str, body: dict) -> dict:
+    def _call(self, path: str, body: dict) -> ZeyiAnswer:
         import requests
 
         credential = self._credential()
         data = to_wire(body)
         url = self._base_url + path
         self._drop_idle_connections()
+        with _Deadline(self._deadline_seconds, self._monotonic) as deadline:
+            try:
+                return self._post(url, credential, data, deadline)
+            except (requests.RequestException, OSError) as exc:
+                # OSError: a socket the watchdog shut down mid-read, seen by any layer.
+                if deadline.expired:
+                    raise self._past_deadline() from exc
+                raise _unknown(exc, self._read_timeout) from exc
+            finally:
+                self._last_used = self._monotonic()
+                if deadline.expired:
+                    self._close_connections()  # the watchdog broke one: never reuse it
+
+    def _post(self, url: str, credential: Credential, data: bytes,
+              deadline: _Deadline) -> ZeyiAnswer:
+        import requests
+
         attempt = 1
         while True:
             wire, headers = self._signed(credential, data)
+            remaining = deadline.remaining()
             try:
-                response = self._session.post(url, data=wire, headers=headers,
-                                              timeout=self._timeout, allow_redirects=False,
-                                              stream=True)
+                response = self._session.post(
+                    url, data=wire, headers=headers, allow_redirects=False, stream=True,
+                    timeout=(min(self._connect_timeout, remaining),
+                             min(self._read_timeout, remaining)))
             except requests.RequestException as exc:
-                if not _never_left(exc):
-                    raise _unknown(exc, self._timeout[1]) from exc
-                if attempt >= self._connect_attempts:
+                if deadline.expired or not _never_left(exc):
+                    raise
+                if attempt >= self._connect_attempts or deadline.remaining() <= 0:
                     raise UpstreamUnavailableError(
                         f"Zeyi could not be reached after {attempt} attempts"
                         f" ({_describe(exc)}); nothing was sent") from exc
-                self._sleep(self._backoff_seconds * 2 ** (attempt - 1))
+                self._sleep(min(self._backoff_seconds * 2 ** (attempt - 1),
+                                max(0.0, deadline.remaining())))
                 attempt += 1
                 continue
-            finally:
-                self._last_used = self._monotonic()
             with response:
-                return _judge(response, self._timeout[1])
+                return _judge(response)
+
+    def _past_deadline(self) -> UpstreamOutcomeUnknownError:
+        return UpstreamOutcomeUnknownError(
+            f"Zeyi did not answer within the deadline of {self._deadline_seconds:g} s")
 
     def _signed(self, credential: Credential, data: bytes) -> tuple[bytes, dict[str, str]]:
         """The exact bytes to send and their headers; the sign covers those bytes."""
@@ -135,8 +185,63 @@ class ZeyiClient:
     def _drop_idle_connections(self) -> None:
         now = self._monotonic()
         if self._last_used is not None and now - self._last_used > self._idle_reconnect_seconds:
-            for adapter in self._session.adapters.values():
-                adapter.close()
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        for adapter in self._session.adapters.values():
+            adapter.close()
+
+
+class _Deadline:
+    """The total time one call to Zeyi may take. At the deadline a watchdog thread shuts down
+    the socket of every connection the call has used, so whatever read is waiting ends at once
+    (a socket timeout is per read, and a trickled answer would renew it forever)."""
+
+    _active = threading.local()
+
+    def __init__(self, seconds: float, monotonic):
+        self._seconds = seconds
+        self._ends = monotonic() + seconds
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._connections: list = []
+        self._done = False
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return self._ends - self._monotonic()
+
+    def __enter__(self) -> _Deadline:
+        _Deadline._active.current = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+        _Deadline._active.current = None
+
+    @classmethod
+    def watch(cls, connection) -> None:
+        """Called by every connection as a request starts on it, in the caller's thread."""
+        deadline = getattr(cls._active, "current", None)
+        if deadline is not None:
+            with deadline._lock:
+                deadline._connections.append(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for connection in self._connections:
+                sock = getattr(connection, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # already closed
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _checked_base_url(base_url: str) -> str:
@@ -156,10 +261,34 @@ def _checked_base_url(base_url: str) -> str:
 def _new_session():
     import requests
     from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class WatchedHTTPConnection(HTTPConnection):
+        def request(self, *args, **kwargs):
+            _Deadline.watch(self)
+            return super().request(*args, **kwargs)
+
+    class WatchedHTTPSConnection(HTTPSConnection):
+        def request(self, *args, **kwargs):
+            _Deadline.watch(self)
+            return super().request(*args, **kwargs)
+
+    class WatchedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = WatchedHTTPConnection
+
+    class WatchedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPSConnection
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": WatchedHTTPPool,
+                                                       "https": WatchedHTTPSPool}
 
     session = requests.Session()
     # No retry below this module: a read or status retry could deliver a send twice.
-    adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
+    adapter = WatchedAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
@@ -197,44 +326,56 @@ def _unknown(exc: Exception, read_timeout: float) -> UpstreamOutcomeUnknownError
 
     if isinstance(exc, requests.ReadTimeout) or "timed out" in str(exc).lower():
         return UpstreamOutcomeUnknownError(f"Zeyi did not answer within {read_timeout:g} s")
-    return _bad_answer(f"the connection to Zeyi broke after the request was sent"
-                       f" ({type(exc).__name__})")
+    return UpstreamOutcomeUnknownError(
+        f"the connection to Zeyi broke after the request was sent ({type(exc).__name__})",
+        status=502)
 
 
-def _judge(response, read_timeout: float) -> dict:
-    """Zeyi's envelope when it accepted; raises for a refusal or an untrustworthy answer."""
-    import requests
+def _judge(response) -> ZeyiAnswer:
+    """Zeyi's answer when it accepted; raises for a refusal or an untrustworthy answer.
 
+    Raises requests.RequestException when the body cannot be read (the caller sorts it).
+    """
     status = response.status_code
-    try:
-        raw = _read_capped(response)
-    except requests.RequestException as exc:
-        raise _unknown(exc, read_timeout) from exc
-    if status >= 500:
-        raise _bad_answer(f"Zeyi answered HTTP {status}")
+    raw = _read_capped(response)
     if raw is None:
-        raise _bad_answer(f"Zeyi's answer (HTTP {status}) is larger than {RESPONSE_MAX_BYTES}"
-                          " bytes")
+        raise UpstreamOutcomeUnknownError(
+            f"Zeyi's answer (HTTP {status}) is larger than {RESPONSE_MAX_BYTES} bytes",
+            status=502, answer=ZeyiAnswer(status, ""))
+    answer = ZeyiAnswer(status, raw.decode("utf-8", errors="replace"))
+    if status >= 500:
+        raise UpstreamOutcomeUnknownError(f"Zeyi answered HTTP {status}", status=502,
+                                          answer=answer)
     try:
-        answer = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        answer = None
-    if not envelope.is_envelope(answer):
-        raise _bad_answer(f"Zeyi's answer (HTTP {status}) is not its response envelope")
-    if not answer["success"] or answer["businessException"]:
-        raise UpstreamRejectedError(
-            answer.get("message") or f"Zeyi refused the request (HTTP {status})",
-            error_code=answer.get("errorCode"), business=answer["businessException"],
-            result=answer.get("result"))
-    if not 200 <= status < 300:
-        raise _bad_answer(f"Zeyi answered HTTP {status} with a success envelope")
-    return answer
+        parsed = json.loads(answer.text)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not envelope.is_envelope(parsed):
+        raise UpstreamOutcomeUnknownError(
+            f"Zeyi's answer (HTTP {status}) is not its response envelope", status=502,
+            answer=answer)
+    message = _text(parsed.get("message"))
+    error_code = _text(parsed.get("errorCode"))
+    if not parsed["success"] and parsed["businessException"]:
+        raise UpstreamRejectedError(message or f"Zeyi refused the request (HTTP {status})",
+                                    error_code=error_code, answer=answer)
+    if not parsed["success"]:
+        raise UpstreamSystemError(
+            f"Zeyi reported a failure that is not a business refusal"
+            f" ({error_code or 'no errorCode'}: {message or 'no message'})",
+            error_code=error_code, answer=answer)
+    if parsed["businessException"] or not 200 <= status < 300:
+        raise UpstreamOutcomeUnknownError(
+            f"Zeyi answered HTTP {status} with a contradictory success envelope", status=502,
+            answer=answer)
+    return ZeyiAnswer(status, answer.text, parsed)
 
 
-def _bad_answer(message: str) -> UpstreamOutcomeUnknownError:
-    error = UpstreamOutcomeUnknownError(message)
-    error.status = 502
-    return error
+def _text(value, max_chars: int = 500) -> str | None:
+    """An errorCode or message of Zeyi's, cut short: it goes into our own answer and logs."""
+    if not isinstance(value, str) or not value:
+        return None
+    return value[:max_chars].encode("utf-8", "replace").decode("utf-8")
 
 
 def _read_capped(response) -> bytes | None:

@@ -29,3 +29,22 @@ def test_app_never_runs_in_debug_mode():
     import app
 
     assert app.app.debug is False
+
+
+def test_every_stage_answers_before_its_lambda_times_out():
+    # A call to Zeyi ends at its deadline; the write of its result (three tries of at most
+    # connect + read timeout each) must still fit before Lambda kills the function, or Zeyi's
+    # answer is lost and the caller gets API Gateway's error instead of our envelope.
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).resolve().parent.parent / ".chalice" / "config.json")
+                        .read_text(encoding="utf-8"))
+    for name, stage in config["stages"].items():
+        env = {**config.get("environment_variables", {}), **stage.get("environment_variables", {})}
+        timeout = stage.get("lambda_timeout", config["lambda_timeout"])
+        deadline = float(env.get("ZEYI_DEADLINE_SECONDS", 15))
+        aws_call = 3 * (float(env.get("AWS_CONNECT_TIMEOUT_SECONDS", 1))
+                        + float(env.get("AWS_READ_TIMEOUT_SECONDS", 3)))
+        assert deadline + aws_call <= timeout, (name, deadline, aws_call, timeout)
+        assert timeout < 29, f"{name}: API Gateway answers by itself after 29 s"

@@ -19,6 +19,7 @@ from chalicelib.errors import (
     ConfigError,
     UpstreamOutcomeUnknownError,
     UpstreamRejectedError,
+    UpstreamSystemError,
     UpstreamUnavailableError,
 )
 from chalicelib.zeyi_client import ZeyiClient
@@ -68,8 +69,9 @@ def test_an_accepted_send_returns_zeyis_envelope_and_zeyi_saw_a_valid_signed_bod
     body = send_body()
     answer = client_for(zeyi.url).send(body)
 
-    assert answer == {"success": True, "businessException": False, "errorCode": None,
-                      "message": None, "result": None}
+    assert answer.envelope == {"success": True, "businessException": False, "errorCode": None,
+                               "message": None, "result": None}
+    assert (answer.http_status, json.loads(answer.text)) == (200, answer.envelope)
     [received] = zeyi.requests_log(kind="send")
     assert received["verdict"] == "OK"
     assert received["path"] == "/tms-service-api/audit/send"
@@ -96,7 +98,7 @@ def test_each_call_has_a_fresh_nonce(zeyi):
 def test_an_accepted_cancel_goes_to_the_cancel_path(zeyi):
     client = client_for(zeyi.url)
     client.send(send_body())
-    assert client.cancel(cancel_body())["success"] is True
+    assert client.cancel(cancel_body()).envelope["success"] is True
     [received] = zeyi.requests_log(kind="cancel")
     assert (received["verdict"], received["json"]) == ("OK", cancel_body())
     assert zeyi.approval_json("PO-1")["status"] == "TERMINATED"
@@ -105,7 +107,7 @@ def test_an_accepted_cancel_goes_to_the_cancel_path(zeyi):
 def test_encrypted_calls_carry_base64_that_zeyi_decrypts_to_the_prefixed_body():
     with simulator(encrypt_requests=True) as sim:
         body = send_body()
-        assert client_for(sim.url, encrypt=True).send(body)["success"] is True
+        assert client_for(sim.url, encrypt=True).send(body).envelope["success"] is True
         [received] = sim.requests_log(kind="send")
     assert received["verdict"] == "OK"
     assert received["plaintext"] == json.dumps(body, ensure_ascii=False, separators=(",", ":"))
@@ -117,7 +119,7 @@ def test_encrypted_calls_carry_base64_that_zeyi_decrypts_to_the_prefixed_body():
 
 
 def test_a_legacy_credential_signs_without_the_body(zeyi):
-    with pytest.raises(UpstreamRejectedError):  # the simulator speaks the current protocol only
+    with pytest.raises(UpstreamSystemError):  # the simulator speaks the current protocol only
         client_for(zeyi.url, outbound(legacy_sign=True)).send(send_body())
     [received] = zeyi.requests_log(kind="send")
     headers = received["headers"]
@@ -139,11 +141,15 @@ def test_a_business_refusal_keeps_zeyis_error_code_and_message(zeyi):
     assert "already has an approval" in error.message
 
 
-def test_a_wrong_secret_is_refused_by_zeyi_as_not_business(zeyi):
+def test_a_wrong_secret_is_a_zeyi_failure_that_is_not_a_refusal(zeyi):
+    # Zeyi answers a bad sign with businessException false, like any fault of its own: the
+    # envelope does not say nothing was created, so the outcome stays open, with Zeyi's code.
     wrong = outbound(app_secret="0" * 32)
-    with pytest.raises(UpstreamRejectedError) as caught:
+    with pytest.raises(UpstreamSystemError) as caught:
         client_for(zeyi.url, wrong).send(send_body())
-    assert (caught.value.error_code, caught.value.business) == ("SIGN_INVALID", False)
+    assert (caught.value.error_code, caught.value.status) == ("SIGN_INVALID", 502)
+    assert isinstance(caught.value, UpstreamOutcomeUnknownError)
+    assert caught.value.answer.envelope is None and "SIGN_INVALID" in caught.value.answer.text
 
 
 def test_an_injected_refusal(zeyi):
@@ -221,7 +227,7 @@ def test_a_refused_connection_is_retried_and_the_retry_succeeds():
     sleep = Recorder(zeyi_comes_up)
     try:
         answer = client_for(f"http://127.0.0.1:{port}", sleep=sleep).send(send_body())
-        assert answer["success"] is True
+        assert answer.envelope["success"] is True
         assert sleep.sleeps == [0.2]
         assert [e["verdict"] for e in started[0].requests_log(kind="send")] == ["OK"]
     finally:
@@ -345,6 +351,8 @@ def envelope_bytes(**fields) -> bytes:
     (404, b"<html>not found</html>"),
     (500, envelope_bytes(success=False, errorCode="SYSTEM_ERROR")),
     (200, envelope_bytes(result="x" * 70_000)),
+    (200, envelope_bytes(businessException=True)),  # success and refused at once
+    (200, b"[" * 100_000),  # nested past any parser's recursion limit
 ])
 def test_an_answer_that_is_not_a_trustworthy_envelope_is_an_unknown_outcome(status, data):
     with Scripted((status, data)) as server:
@@ -354,16 +362,46 @@ def test_an_answer_that_is_not_a_trustworthy_envelope_is_an_unknown_outcome(stat
     assert caught.value.status == 502
 
 
-@pytest.mark.parametrize("status, data, code, business", [
-    (200, envelope_bytes(success=False, errorCode="E1", message="no"), "E1", False),
-    (200, envelope_bytes(businessException=True, message="duplicate"), "UPSTREAM_REJECTED", True),
-    (401, envelope_bytes(success=False, errorCode="SIGN_INVALID"), "SIGN_INVALID", False),
+@pytest.mark.parametrize("status, data, code", [
+    (200, envelope_bytes(success=False, businessException=True, errorCode="E1", message="no"),
+     "E1"),
+    (200, envelope_bytes(success=False, businessException=True, message="duplicate"),
+     "UPSTREAM_REJECTED"),
+    (400, envelope_bytes(success=False, businessException=True, errorCode="APPROVAL_ACTIVE"),
+     "APPROVAL_ACTIVE"),
 ])
-def test_an_envelope_that_refuses_is_a_rejection(status, data, code, business):
+def test_a_business_exception_is_a_rejection(status, data, code):
     with Scripted((status, data)) as server, pytest.raises(UpstreamRejectedError) as caught:
         client_for(server.url).send(send_body())
-    assert (caught.value.error_code, caught.value.business) == (code, business)
+    assert (caught.value.error_code, caught.value.business) == (code, True)
     assert caught.value.message
+    assert caught.value.answer.text == data.decode()
+
+
+@pytest.mark.parametrize("status, data, code", [
+    (200, envelope_bytes(success=False, errorCode="E1", message="no"), "E1"),
+    (200, envelope_bytes(success=False), "UPSTREAM_SYSTEM_ERROR"),
+    (401, envelope_bytes(success=False, errorCode="SIGN_INVALID"), "SIGN_INVALID"),
+])
+def test_a_failure_without_business_exception_leaves_the_outcome_open(status, data, code):
+    with Scripted((status, data)) as server, pytest.raises(UpstreamSystemError) as caught:
+        client_for(server.url).send(send_body())
+    assert (caught.value.error_code, caught.value.status) == (code, 502)
+    assert len(server.requests) == 1  # never retried: it may have created the approval
+
+
+@pytest.mark.parametrize("data", [
+    b'{"success":true,"businessException":false,"errorCode":null,"message":null,'
+    b'"result":{"n":NaN,"i":-Infinity}}',
+    envelope_bytes(result=10 ** 60),
+    b'{"success":true,"businessException":false,"errorCode":null,"message":null,"result":'
+    + b'[' * 40 + b']' * 40 + b'}',
+])
+def test_an_accepting_answer_is_kept_as_its_raw_text_whatever_it_holds(data):
+    with Scripted((200, data)) as server:
+        answer = client_for(server.url).send(send_body())
+    assert answer.envelope["success"] is True
+    assert answer.text == data.decode()
 
 
 def test_a_warm_client_reuses_its_connection_but_not_after_an_idle_gap():
@@ -385,3 +423,83 @@ def test_a_base_url_that_cannot_be_called_is_a_config_error(base_url):
     with pytest.raises(ConfigError) as caught:
         client_for(base_url)
     assert "ZEYI_BASE_URL" in caught.value.message
+
+
+# -- the deadline: connect, write and every read together ----------------------------------------
+
+class Trickle:
+    """A raw HTTP server on loopback that answers one byte at a time, every ``gap`` seconds:
+    each read gets a byte well within the read timeout, so only a total deadline ends the
+    call. Records how many bytes it managed to write before the client hung up."""
+
+    def __init__(self, answer: bytes, *, at_once: int = 0, gap: float = 0.05):
+        self._answer = answer
+        self._at_once = at_once
+        self._gap = gap
+        self.written = 0
+        self.hung_up = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self):
+        connection, _ = self._listener.accept()
+        with connection:
+            connection.settimeout(5)
+            connection.recv(65536)  # the request (small enough for one read here)
+            stop = threading.Event()
+            connection.sendall(self._answer[:self._at_once])
+            self.written = self._at_once
+            for byte in self._answer[self._at_once:]:
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    self.hung_up.set()
+                    return
+                self.written += 1
+                if stop.wait(self._gap):
+                    return
+            # A client that went away shows as a reset on a later write, or EOF on a read.
+            with contextlib.suppress(OSError):
+                if connection.recv(1) == b"":
+                    self.hung_up.set()
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._listener.close()
+        self._thread.join(10)
+
+
+def trickled_answer() -> bytes:
+    body = envelope_bytes()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_an_answer_that_trickles_in_is_cut_at_the_deadline(where):
+    answer = trickled_answer()
+    # "body": the headers come at once, then the body byte by byte.
+    at_once = answer.index(b"\r\n\r\n") + 4 if where == "body" else 0
+    with Trickle(answer, at_once=at_once) as server:
+        client = client_for(server.url, read_timeout_seconds=1.0, deadline_seconds=0.5)
+        with pytest.raises(UpstreamOutcomeUnknownError) as caught:
+            client.send(send_body())
+        assert server.hung_up.wait(5), "the client kept the connection open"
+    assert "deadline of 0.5 s" in caught.value.message
+    assert caught.value.status == 504
+    # Each byte came 0.05 s after the last, far within the 1 s read timeout: only the total
+    # deadline can have ended the call, long before the whole answer was written.
+    assert server.written < at_once + (len(answer) - at_once) // 2
+    assert client._sleep.sleeps == []  # noqa: SLF001 - an unknown outcome is never retried
+
+
+def test_after_the_deadline_the_broken_connection_is_never_reused(zeyi):
+    with Trickle(trickled_answer()) as server:
+        client = client_for(server.url, read_timeout_seconds=1.0, deadline_seconds=0.3)
+        with pytest.raises(UpstreamOutcomeUnknownError):
+            client.send(send_body())
+    assert all(not adapter.poolmanager.pools for adapter in client._session.adapters.values())  # noqa: SLF001
