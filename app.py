@@ -60,7 +60,8 @@ def _zeyi_client(settings: Settings):
     from chalicelib.zeyi_client import ZeyiClient
 
     key = (settings.zeyi_base_url, settings.zeyi_connect_timeout_seconds,
-           settings.zeyi_read_timeout_seconds, settings.zeyi_encrypt, settings.outbound_secret_id)
+           settings.zeyi_read_timeout_seconds, settings.zeyi_deadline_seconds,
+           settings.zeyi_encrypt, settings.outbound_secret_id)
     if key not in _zeyi:
         _zeyi[key] = ZeyiClient(
             settings.zeyi_base_url,
@@ -68,7 +69,7 @@ def _zeyi_client(settings: Settings):
                                          settings.secrets_cache_seconds),
             connect_timeout_seconds=settings.zeyi_connect_timeout_seconds,
             read_timeout_seconds=settings.zeyi_read_timeout_seconds,
-            encrypt=settings.zeyi_encrypt)
+            deadline_seconds=settings.zeyi_deadline_seconds, encrypt=settings.zeyi_encrypt)
     return _zeyi[key]
 
 
@@ -160,7 +161,8 @@ def _cancel(payload):
     from chalicelib import outbound
 
     settings = load_settings()
-    return outbound.cancel_approval(payload, store=_store(settings), zeyi=_zeyi_client(settings))
+    return outbound.cancel_approval(payload, store=_store(settings), zeyi=_zeyi_client(settings),
+                                    lease_seconds=settings.cancel_lease_seconds)
 
 
 def _get(code):

@@ -1,19 +1,27 @@
 """DynamoDB storage of approvals and of the inbound nonces.
 
-Layout (table ``approvals``, key ``code`` + ``sk``; all reads of one code are one Query):
-- ``HEAD``: the code's current attempt: ``status``, ``attemptId``, ``leaseExpiresAt`` (epoch ms,
-  while SUBMITTING), ``businessId``, ``version`` (bumped by every send-side change, so a claim can
-  be conditioned on exactly what it read), ``unsettledBefore`` (an earlier attempt's outcome was
-  never learned, so a callback may still settle this code even after a FAILED resend).
-- ``ATTEMPT#<attemptId>``: one per send (or per callback for a code never sent): the request,
-  Zeyi's answer, and the status the attempt ended with once a newer attempt replaced it. The
-  current attempt's live status is the HEAD's.
-- ``CALLBACK#<businessId>#<type>#<result>``: one per distinct callback, with its raw body. The key
-  is the callback's identity, so a redelivery cannot be recorded or applied twice.
+Layout (table ``approvals``, key ``code`` + ``sk``; every read of one code is one Query):
+- ``HEAD``: the code's current state, small whatever the code's history: ``status``,
+  ``attemptId`` (the current attempt), ``businessId`` (the Zeyi instance bound to it, once a
+  callback named one), ``leaseExpiresAt`` (SUBMITTING and CANCELLING), ``inDoubt`` (earlier
+  attempts superseded before Zeyi's answer or callback was heard: they may own an instance the
+  gateway has not seen), ``lastCallback`` (what the latest callback said, previews only),
+  ``changedBy`` and ``version``. Every write of the HEAD bumps ``version``, so a write that read
+  the HEAD first conditions on exactly what it read, and ``version`` orders the code's changes.
+- ``ATTEMPT#<attemptId>``: one per send (or per callback that creates an attempt): the request,
+  Zeyi's answer as raw text, and, once it is no longer current, the status it ended with and its
+  instance. The current attempt's live status is the HEAD's.
+- ``INSTANCE#<businessId>``: the binding of an instance to an attempt that is no longer current,
+  with the instance's decision. The current attempt's instance is the HEAD's ``businessId``.
+- ``CALLBACK#<businessId>#<type>#<result>``: one per distinct callback, with its raw body (kept
+  once; remark and approver only as short previews). The key is the callback's identity, so a
+  redelivery cannot be recorded or applied twice.
 
-A callback is one ``TransactWriteItems``: the nonce, the callback record and the HEAD's move, each
-conditional. Only when that is refused (duplicate, final state, unknown code) does a second write
-follow, so a warm, in-order callback costs exactly one DynamoDB round trip.
+The rules (which status follows which, which attempt a callback belongs to) are in
+``chalicelib.states``; the conditions here are derived from them. A callback is first tried as one
+blind ``TransactWriteItems`` (nonce, record, HEAD move, instance unbound), which is what a warm,
+in-order callback costs. Only when that is refused does the store read the HEAD and the instance
+and write what ``states.decide_callback`` rules, conditioned on the version it read.
 """
 from __future__ import annotations
 
@@ -29,18 +37,27 @@ from chalicelib.errors import (
     ApprovalNotFoundError,
     NonceReplayedError,
     ServiceUnavailableError,
+    StoreError,
 )
+from chalicelib.logs import logger
 
 HEAD = "HEAD"
 ATTEMPT_PREFIX = "ATTEMPT#"
 CALLBACK_PREFIX = "CALLBACK#"
+INSTANCE_PREFIX = "INSTANCE#"
 _TRANSIENT_CODES = frozenset({
     "ThrottlingException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
     "InternalServerError", "ServiceUnavailable", "TransactionConflictException",
     "TransactionInProgressException",
 })
-_CLAIM_TRIES = 4
-_CALLBACK_TRIES = 3
+_TRIES = 5  # every read-then-write and every conflicted transaction, bounded
+# Previews of the free text a callback carries; the whole text stays in the raw body.
+PREVIEW_CHARS = {"auditType": 128, "auditUser": 200, "remark": 1000}
+# Newest first, at most this many in a status answer; the counts say how many there are.
+HISTORY_ATTEMPTS = 20
+HISTORY_CALLBACKS = 50
+CHANGED_BY_SEND, CHANGED_BY_ANSWER, CHANGED_BY_CANCEL, CHANGED_BY_CALLBACK = (
+    "send", "answer", "cancel", "callback")
 
 
 @dataclass(frozen=True)
@@ -62,29 +79,49 @@ class CallbackRecord:
     def key(self) -> str:
         return f"{CALLBACK_PREFIX}{self.business_id}#{self.type}#{self.result or ''}"
 
+    @property
+    def event(self) -> str:
+        return states.decision_of(self.type, self.result)
+
 
 @dataclass(frozen=True)
 class CallbackOutcome:
-    """What a callback did: ``applied`` moved the approval, ``duplicate`` had been seen before,
-    ``ignored`` arrived after the approval had already ended."""
+    """What a callback did (a ``states`` disposition) and the code's status afterwards."""
 
     disposition: str
     status: str
 
 
 class _Cancelled(Exception):
+    """A TransactWriteItems that DynamoDB cancelled, with its reasons in item order."""
+
     def __init__(self, reasons: list[dict]):
         super().__init__("transaction cancelled")
         self.reasons = reasons
 
-    def failed(self, index: int) -> bool:
-        return self.reasons[index].get("Code") == "ConditionalCheckFailed"
+    def _code(self, index: int) -> str | None:
+        if index >= len(self.reasons):
+            return None
+        code = self.reasons[index].get("Code")
+        return None if code in (None, "None") else code
 
-    def conflicted(self) -> bool:
-        return any(r.get("Code") == "TransactionConflict" for r in self.reasons)
+    def failed(self, index: int) -> bool:
+        return self._code(index) == "ConditionalCheckFailed"
 
     def old_item(self, index: int) -> dict | None:
-        return self.reasons[index].get("Item")
+        return self.reasons[index].get("Item") if index < len(self.reasons) else None
+
+    def conflicted(self) -> bool:
+        return any(self._code(i) == "TransactionConflict" for i in range(len(self.reasons)))
+
+    def check_expected(self) -> None:
+        """Raises StoreError when a reason is neither a condition nor a conflict: retrying
+        would fail the same way, and calling it a conflict would make Zeyi retry forever."""
+        unexpected = sorted({code for code in map(self._code, range(len(self.reasons)))
+                             if code not in (None, "ConditionalCheckFailed",
+                                             "TransactionConflict")})
+        if unexpected:
+            raise StoreError(f"DynamoDB cancelled a write: {', '.join(unexpected)}")
 
 
 def _s(value: str) -> dict:
@@ -93,6 +130,14 @@ def _s(value: str) -> dict:
 
 def _n(value: int) -> dict:
     return {"N": str(value)}
+
+
+def _storable_text(value: str, max_chars: int) -> tuple[str, bool]:
+    """``value`` cut to ``max_chars``, with any unencodable character (a lone surrogate that
+    JSON's ``\\ud800`` escape can produce) replaced, so the write cannot fail on it."""
+    cut = len(value) > max_chars
+    text = value[:max_chars]
+    return text.encode("utf-8", "replace").decode("utf-8"), cut
 
 
 class DynamoDBApprovalStore:
@@ -125,15 +170,28 @@ class DynamoDBApprovalStore:
             raise ServiceUnavailableError(
                 f"DynamoDB could not be reached ({type(exc).__name__})") from exc
 
-    def _transact(self, items: list[dict]) -> dict:
+    def _transact(self, items: list[dict]) -> None:
+        """One TransactWriteItems. Raises _Cancelled for a condition or a conflict, StoreError
+        for any other cancellation reason."""
         # botocore retries a call whose answer timed out; the token makes DynamoDB treat that
-        # retry of an already committed transaction as the same request, not a conflicting one
-        # (which would report a fresh nonce as replayed, or a free code as active).
-        return self._call("transact_write_items", TransactItems=items,
-                          ClientRequestToken=str(uuid.uuid4()))
+        # retry of an already committed transaction as the same request, not a conflicting one.
+        # (moto ignores the token: the callers also recognise their own committed write.)
+        try:
+            self._call("transact_write_items", TransactItems=items,
+                       ClientRequestToken=str(uuid.uuid4()))
+        except _Cancelled as cancelled:
+            cancelled.check_expected()
+            raise
 
     def _key(self, code: str, sk: str) -> dict:
         return {"code": _s(code), "sk": _s(sk)}
+
+    def _read(self, code: str, *sort_keys: str) -> list[dict | None]:
+        """The items of ``code`` under ``sort_keys``, read together and consistently."""
+        answer = self._call("transact_get_items", TransactItems=[
+            {"Get": {"TableName": self._approvals, "Key": self._key(code, sk)}}
+            for sk in sort_keys])
+        return [response.get("Item") for response in answer["Responses"]]
 
     def _nonce_put(self, app_key: str, nonce: str, ttl_seconds: int, request_id: str) -> dict:
         now_s = int(self._clock())
@@ -156,6 +214,64 @@ class DynamoDBApprovalStore:
             return True
         raise NonceReplayedError("nonce was already used")
 
+    def _head_update(self, code: str, sets: dict[str, dict], removes: tuple[str, ...] = (),
+                     *, read: dict | None = None, ruled_on: dict | None = None,
+                     blind: str | None = None, values: dict | None = None) -> dict:
+        """The HEAD's write: SET ``sets``, REMOVE ``removes``, bump ``version``.
+
+        Conditioned on ``blind`` (a condition derived from the transition table) when given;
+        else on the version of the HEAD ``read`` before; else on the HEAD ``ruled_on`` still
+        holding what the callback rules read of it (so concurrent callbacks that change none of
+        it, such as recordings of late ones, do not make each other start over); else on the
+        HEAD not existing yet.
+        """
+        names = {f"#h{i}": name for i, name in enumerate(sets)}
+        values = dict(values or {})
+        assignments = [f"#h{i} = :h{i}" for i in range(len(sets))]
+        values.update({f":h{i}": value for i, value in enumerate(sets.values())})
+        values[":one"] = _n(1)
+        if blind is not None:
+            condition = blind
+            assignments.append("version = version + :one")
+        elif read is not None:
+            condition = "version = :version"
+            values[":version"] = _n(read["version"])
+            assignments.append("version = version + :one")
+        elif ruled_on is not None:
+            clauses = []
+            for i, name in enumerate(_RULED_FIELDS):
+                names[f"#r{i}"] = name
+                if ruled_on.get(name) in (None, []):
+                    clauses.append(f"attribute_not_exists(#r{i})")
+                else:
+                    clauses.append(f"#r{i} = :r{i}")
+                    values[f":r{i}"] = _to_dynamo(ruled_on[name])
+            condition = " AND ".join(clauses)
+            assignments.append("version = version + :one")
+        else:
+            condition = "attribute_not_exists(code)"
+            assignments.append("version = :one")
+        if "#status" in condition:
+            names["#status"] = "status"
+        expression = "SET " + ", ".join(assignments)
+        removes = tuple(name for name in removes if name not in sets)
+        if removes:
+            expression += " REMOVE " + ", ".join(removes)
+        return {"Update": {
+            "TableName": self._approvals, "Key": self._key(code, HEAD),
+            "UpdateExpression": expression, "ConditionExpression": condition,
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }}
+
+    def _status_condition(self, event: str, values: dict) -> str:
+        """``#status IN (...)``: the statuses the transition table lets ``event`` leave."""
+        placeholders = []
+        for i, status in enumerate(sorted(states.allowed_from(event))):
+            values[f":from{i}"] = _s(status)
+            placeholders.append(f":from{i}")
+        return f"#status IN ({', '.join(placeholders)})"
+
     # -- nonces ----------------------------------------------------------------------------------
 
     def use_nonce(self, app_key: str, nonce: str, ttl_seconds: int) -> None:
@@ -174,137 +290,231 @@ class DynamoDBApprovalStore:
     # -- callbacks -------------------------------------------------------------------------------
 
     def record_callback(self, callback: CallbackRecord, nonce_ttl_seconds: int) -> CallbackOutcome:
-        """Store a verified callback and move its approval, exactly once.
+        """Store a verified callback and apply it to the attempt it belongs to, exactly once.
 
-        Raises NonceReplayedError when the nonce was already used.
+        Raises NonceReplayedError when the nonce was already used, ServiceUnavailableError when
+        concurrent writers keep winning.
         """
-        target = states.status_after_callback(callback.type, callback.result)
-        for _ in range(_CALLBACK_TRIES):
-            request_id = secrets.token_hex(8)
-            try:
-                self._apply_callback(callback, target, nonce_ttl_seconds, request_id)
-                return CallbackOutcome("applied", target)
-            except _Cancelled as cancelled:
-                if cancelled.failed(0) and self._committed_already(cancelled.old_item(0),
-                                                                   request_id):
-                    return CallbackOutcome("applied", target)
-                if cancelled.failed(1):
-                    self._record_only(callback, nonce_ttl_seconds, None)
-                    first = cancelled.old_item(1) or {}
-                    return CallbackOutcome("duplicate",
-                                           first.get("statusAfter", {}).get("S", target))
-                if cancelled.failed(2):
-                    head = cancelled.old_item(2)
-                    if head is not None:
-                        status = head["status"]["S"]
-                        self._record_only(callback, nonce_ttl_seconds, status)
-                        return CallbackOutcome("ignored", status)
-                    request_id = secrets.token_hex(8)
-                    try:
-                        self._create_from_callback(callback, target, nonce_ttl_seconds,
-                                                   request_id)
-                        return CallbackOutcome("applied", target)
-                    except _Cancelled as again:
-                        if again.failed(0) and self._committed_already(again.old_item(0),
-                                                                       request_id):
-                            return CallbackOutcome("applied", target)
-                        continue  # another writer created the code meanwhile: start over
-                # A transaction conflict with a concurrent writer: try again.
+        outcome = self._apply_blindly(callback, nonce_ttl_seconds)
+        for _ in range(_TRIES):
+            if outcome is not None:
+                return outcome
+            outcome = self._apply_as_ruled(callback, nonce_ttl_seconds)
         raise ServiceUnavailableError("callback could not be stored: too many concurrent writes")
 
-    def _callback_put(self, callback: CallbackRecord, applied: bool, status: str) -> dict:
+    def _callback_put(self, callback: CallbackRecord, disposition: str, status: str,
+                      attempt_id: str | None) -> dict:
         """The callback's record, written only if this callback was never recorded before."""
         item = {
-            "code": _s(callback.code),
-            "sk": _s(callback.key),
-            "businessId": _s(callback.business_id),
-            "type": _s(callback.type),
-            "receivedAt": _n(self._now_ms()),
-            "nonce": _s(callback.nonce),
-            "appKey": _s(callback.app_key),
-            "body": _s(callback.body),
-            "applied": {"BOOL": applied},
-            "statusAfter": _s(status),
+            "code": _s(callback.code), "sk": _s(callback.key),
+            "businessId": _s(callback.business_id), "type": _s(callback.type),
+            "receivedAt": _n(self._now_ms()), "nonce": _s(callback.nonce),
+            "appKey": _s(callback.app_key), "body": _s(callback.body),
+            "disposition": _s(disposition), "statusAfter": _s(status),
+            **_callback_fields(callback),
         }
-        for name, value in (("result", callback.result), ("auditType", callback.audit_type),
-                            ("auditUser", callback.audit_user), ("remark", callback.remark)):
-            if value is not None:
-                item[name] = _s(value)
+        if attempt_id is not None:
+            item["attemptId"] = _s(attempt_id)
         return {"Put": {"TableName": self._approvals, "Item": item,
                         "ConditionExpression": "attribute_not_exists(sk)",
                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
 
-    def _apply_callback(self, callback: CallbackRecord, target: str, ttl: int,
-                        request_id: str) -> None:
-        now = self._now_ms()
-        self._transact([
-            self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
-            self._callback_put(callback, True, target),
-            {"Update": {
-                "TableName": self._approvals,
-                "Key": self._key(callback.code, HEAD),
-                "UpdateExpression": "SET #status = :target, businessId = :bid, updatedAt = :now"
-                                    " REMOVE leaseExpiresAt",
-                # A FAILED head may still be settled when an earlier attempt's outcome was never
-                # known: Zeyi may hold that approval (and so refused the resend that FAILED).
-                "ConditionExpression": "attribute_exists(code) AND (#status IN (:s1, :s2, :s3)"
-                                       " OR (#status = :failed AND unsettledBefore = :true))",
-                "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": {
-                    ":target": _s(target), ":bid": _s(callback.business_id), ":now": _n(now),
-                    ":s1": _s(states.SUBMITTING), ":s2": _s(states.PENDING),
-                    ":s3": _s(states.CANCELLING), ":failed": _s(states.FAILED),
-                    ":true": {"BOOL": True},
-                },
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }},
-        ])
+    def _last_callback(self, callback: CallbackRecord, disposition: str,
+                       attempt_id: str | None) -> dict:
+        """What the HEAD keeps of the latest callback: enough to tell what a change was."""
+        value = {"businessId": _s(callback.business_id), "type": _s(callback.type),
+                 "disposition": _s(disposition), "receivedAt": _n(self._now_ms()),
+                 **_callback_fields(callback)}
+        if attempt_id is not None:
+            value["attemptId"] = _s(attempt_id)
+        return {"M": value}
 
-    def _create_from_callback(self, callback: CallbackRecord, target: str, ttl: int,
-                              request_id: str) -> None:
-        # The code was never sent through the gateway (it may predate it): the callback becomes
-        # the code's first attempt, in the state it announces.
-        now = self._now_ms()
-        attempt_id = new_attempt_id(now)
-        self._transact([
-            self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
-            self._callback_put(callback, True, target),
-            {"Put": {
-                "TableName": self._approvals,
-                "Item": {
-                    **self._key(callback.code, HEAD), "status": _s(target),
-                    "attemptId": _s(attempt_id), "businessId": _s(callback.business_id),
-                    "updatedAt": _n(now), "version": _n(1),
-                },
-                "ConditionExpression": "attribute_not_exists(code)",
-            }},
-            {"Put": {
-                "TableName": self._approvals,
-                "Item": {
-                    **self._key(callback.code, ATTEMPT_PREFIX + attempt_id),
-                    "attemptId": _s(attempt_id), "origin": _s("callback"),
-                    "status": _s(target), "businessId": _s(callback.business_id),
-                    "createdAt": _n(now), "updatedAt": _n(now),
-                },
-            }},
-        ])
+    def _instance_unbound(self, code: str, business_id: str) -> dict:
+        return {"ConditionCheck": {
+            "TableName": self._approvals, "Key": self._key(code, INSTANCE_PREFIX + business_id),
+            "ConditionExpression": "attribute_not_exists(sk)",
+        }}
 
-    def _record_only(self, callback: CallbackRecord, ttl: int, status: str | None) -> None:
-        """Burn the nonce and, for a late callback, keep it for audit; the approval stays as is."""
+    def _instance_put(self, code: str, business_id: str, attempt_id: str, status: str,
+                      now: int) -> dict:
+        """Bind an instance to an attempt that is not (or no longer) the current one."""
+        return {"Put": {
+            "TableName": self._approvals,
+            "Item": {**self._key(code, INSTANCE_PREFIX + business_id),
+                     "attemptId": _s(attempt_id), "status": _s(status), "boundAt": _n(now)},
+            "ConditionExpression": "attribute_not_exists(sk) OR attemptId = :attempt",
+            "ExpressionAttributeValues": {":attempt": _s(attempt_id)},
+        }}
+
+    def _apply_blindly(self, callback: CallbackRecord, ttl: int) -> CallbackOutcome | None:
+        """The one-round-trip path: the code's current attempt is open and this is the first
+        instance it hears of. Returns None when that does not hold (then read and rule)."""
         request_id = secrets.token_hex(8)
-        items = [self._nonce_put(callback.app_key, callback.nonce, ttl, request_id)]
-        if status is not None:
-            items.append(self._callback_put(callback, False, status))
+        status = states.target_of(callback.event)
+        values: dict = {}
+        condition = (f"{self._status_condition(callback.event, values)}"
+                     " AND attribute_not_exists(businessId)")
+        try:
+            self._transact([
+                self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
+                self._callback_put(callback, states.APPLIED, status, None),
+                self._head_update(callback.code, {
+                    "status": _s(status), "businessId": _s(callback.business_id),
+                    "updatedAt": _n(self._now_ms()), "changedBy": _s(CHANGED_BY_CALLBACK),
+                    "lastCallback": self._last_callback(callback, states.APPLIED, None),
+                }, ("leaseExpiresAt",), blind=condition, values=values),
+                self._instance_unbound(callback.code, callback.business_id),
+            ])
+            return CallbackOutcome(states.APPLIED, status)
+        except _Cancelled as cancelled:
+            if cancelled.failed(0) and self._committed_already(cancelled.old_item(0), request_id):
+                return CallbackOutcome(states.APPLIED, status)
+            if cancelled.failed(1):
+                return self._duplicate(callback, ttl, cancelled.old_item(1))
+            return None
+
+    def _duplicate(self, callback: CallbackRecord, ttl: int, first: dict | None) -> CallbackOutcome:
+        """A redelivery: burn its nonce, change nothing, report the status its first delivery
+        left (what Zeyi was told then)."""
+        self.use_nonce(callback.app_key, callback.nonce, ttl)
+        status = (first or {}).get("statusAfter", {}).get("S")
+        if status is None:  # an answer that lost the record's old image: read the code
+            status = (self.get_head(callback.code) or {}).get("status")
+        return CallbackOutcome(states.DUPLICATE, status or states.target_of(callback.event))
+
+    def _apply_as_ruled(self, callback: CallbackRecord, ttl: int) -> CallbackOutcome | None:
+        """Read the HEAD and the instance, write what the rules say, conditioned on that read.
+        Returns None when a concurrent write got in between (the caller starts over)."""
+        try:
+            head_item, instance_item = self._read(callback.code, HEAD,
+                                                  INSTANCE_PREFIX + callback.business_id)
+        except _Cancelled as cancelled:  # a write of this code was in progress: start over
+            cancelled.check_expected()
+            return None
+        head = _plain(head_item) if head_item else None
+        bound_to = None
+        if instance_item:
+            instance = _plain(instance_item)
+            bound_to = (instance["attemptId"], instance["status"])
+        ruling = states.decide_callback(_head_view(head), callback.business_id, callback.event,
+                                        bound_to)
+        now = self._now_ms()
+        new_id = new_attempt_id(now)
+        attempt_id = new_id if ruling.attempt_id == states.NEW_ATTEMPT else ruling.attempt_id
+        current = new_id if ruling.current == states.NEW_ATTEMPT else ruling.current
+        request_id = secrets.token_hex(8)
+        items = [self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
+                 self._callback_put(callback, ruling.disposition, ruling.status, attempt_id),
+                 self._ruled_head(callback, head, ruling, attempt_id, current, now),
+                 *self._ruled_items(callback, head, ruling, bound_to, attempt_id, current, now)]
         try:
             self._transact(items)
         except _Cancelled as cancelled:
-            if cancelled.failed(0) and self._committed_already(cancelled.old_item(0),
-                                                               request_id):
-                return
-            if len(items) > 1 and cancelled.failed(1):
-                return  # the same late callback, recorded by a concurrent delivery
-            raise ServiceUnavailableError("callback could not be stored: concurrent writes") \
-                from None
+            if cancelled.failed(0) and self._committed_already(cancelled.old_item(0), request_id):
+                return CallbackOutcome(ruling.disposition, ruling.status)
+            if cancelled.failed(1):
+                return self._duplicate(callback, ttl, cancelled.old_item(1))
+            return None
+        if ruling.warning:
+            logger.warning("callback of an unexpected instance",
+                           extra={"code": callback.code, "businessId": callback.business_id,
+                                  "reason": ruling.warning, "disposition": ruling.disposition})
+        return CallbackOutcome(ruling.disposition, ruling.status)
+
+    def _ruled_head(self, callback: CallbackRecord, head: dict | None, ruling: states.Ruling,
+                    attempt_id: str | None, current: str, now: int) -> dict:
+        sets = {"updatedAt": _n(now), "changedBy": _s(CHANGED_BY_CALLBACK),
+                "lastCallback": self._last_callback(callback, ruling.disposition, attempt_id)}
+        if head is None or current != head["attemptId"] or ruling.status != head["status"]:
+            sets.update(attemptId=_s(current), status=_s(ruling.status))
+        if ruling.disposition == states.APPLIED and attempt_id == current:
+            sets["businessId"] = _s(callback.business_id)
+        if head is None:
+            return self._head_update(callback.code, sets)
+        before = tuple(head.get("inDoubt", ()))
+        in_doubt = before
+        if current != head["attemptId"]:
+            in_doubt = states.in_doubt_after_superseding(head["status"], head.get("businessId"),
+                                                         before, head["attemptId"])
+        settled = {attempt_id, current, ruling.displaced[1] if ruling.displaced else None}
+        in_doubt = tuple(attempt for attempt in in_doubt if attempt not in settled)
+        removes = ["leaseExpiresAt"] if "status" in sets else []
+        if in_doubt != before:
+            if in_doubt:
+                sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
+            else:
+                removes.append("inDoubt")
+        return self._head_update(callback.code, sets, tuple(removes), ruled_on=head)
+
+    def _ruled_items(self, callback: CallbackRecord, head: dict | None, ruling: states.Ruling,
+                     bound_to: tuple[str, str] | None, attempt_id: str | None, current: str,
+                     now: int) -> list[dict]:
+        """The instance and attempt items a ruling writes besides the HEAD and the record."""
+        code, business_id = callback.code, callback.business_id
+        items = []
+        if ruling.disposition != states.IGNORED and business_id != (head or {}).get("businessId"):
+            if attempt_id is not None and attempt_id != current:
+                items.append(self._instance_put(code, business_id, attempt_id,
+                                                ruling.attempt_status, now))
+            elif bound_to is not None:
+                # Its attempt is current again: the HEAD holds the binding from now on.
+                items.append({"Delete": {
+                    "TableName": self._approvals,
+                    "Key": self._key(code, INSTANCE_PREFIX + business_id),
+                    "ConditionExpression": "attemptId = :attempt",
+                    "ExpressionAttributeValues": {":attempt": _s(attempt_id)}}})
+            else:
+                items.append(self._instance_unbound(code, business_id))
+        if ruling.attempt_id == states.NEW_ATTEMPT:
+            items.append({"Put": {
+                "TableName": self._approvals,
+                "Item": {**self._key(code, ATTEMPT_PREFIX + attempt_id),
+                         "attemptId": _s(attempt_id), "origin": _s("callback"),
+                         "status": _s(ruling.status), "businessId": _s(business_id),
+                         "createdAt": _n(now), "updatedAt": _n(now)},
+                "ConditionExpression": "attribute_not_exists(sk)"}})
+        if head is not None and current != head["attemptId"]:
+            items.extend(self._superseded(code, head, current, now))
+        if ruling.attempt_status is not None:
+            items.append(self._attempt_update(code, attempt_id, {
+                "status": _s(ruling.attempt_status), "businessId": _s(business_id)}, now))
+        if ruling.displaced is not None:
+            displaced, to_attempt = ruling.displaced
+            items.append(self._instance_put(code, displaced, to_attempt, head["status"], now))
+            items.append(self._attempt_update(code, to_attempt, {
+                "status": _s(head["status"]), "businessId": _s(displaced)}, now))
+        return items
+
+    def _superseded(self, code: str, head: dict, by: str, now: int) -> list[dict]:
+        """The attempt that was current keeps the status it ended with, and its instance (if
+        a callback named one) is bound to it from now on."""
+        sets = {"status": _s(head["status"]), "supersededBy": _s(by)}
+        if head.get("leaseExpiresAt") is not None:
+            sets["leaseExpiresAt"] = _n(head["leaseExpiresAt"])
+        items = []
+        if head.get("businessId"):
+            sets["businessId"] = _s(head["businessId"])
+            items.append(self._instance_put(code, head["businessId"], head["attemptId"],
+                                            head["status"], now))
+        items.append(self._attempt_update(code, head["attemptId"], sets, now))
+        return items
+
+    def _attempt_update(self, code: str, attempt_id: str, sets: dict[str, dict], now: int,
+                        *, only_if_status: str | None = None) -> dict:
+        names = {f"#a{i}": name for i, name in enumerate(sets)}
+        values = {f":a{i}": value for i, value in enumerate(sets.values())}
+        values[":now"] = _n(now)
+        condition = "attribute_exists(sk)"
+        if only_if_status is not None:
+            names["#status"] = "status"
+            values[":only"] = _s(only_if_status)
+            condition += " AND #status = :only"
+        assignments = [f"#a{i} = :a{i}" for i in range(len(sets))] + ["updatedAt = :now"]
+        return {"Update": {
+            "TableName": self._approvals, "Key": self._key(code, ATTEMPT_PREFIX + attempt_id),
+            "UpdateExpression": "SET " + ", ".join(assignments),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
 
     # -- sends and cancels -------------------------------------------------------------------------
 
@@ -317,58 +527,18 @@ class DynamoDBApprovalStore:
     def claim(self, code: str, request: dict, lease_seconds: int) -> str:
         """Make a new SUBMITTING attempt the code's current one and return its id.
 
-        Raises ApprovalActiveError when the code has an active approval (a SUBMITTING one only
+        Raises ApprovalActiveError when the code has an active approval (a leased one only
         while its lease runs).
         """
         head = self.get_head(code)
-        for _ in range(_CLAIM_TRIES):
+        for _ in range(_TRIES):
             now = self._now_ms()
             if head is not None:
-                _raise_if_active(code, head, now)
+                _raise_if_blocked(code, head, now)
             attempt_id = new_attempt_id(now)
-            items = [
-                {"Update": {
-                    "TableName": self._approvals,
-                    "Key": self._key(code, HEAD),
-                    "UpdateExpression": "SET #status = :submitting, attemptId = :id,"
-                                        " leaseExpiresAt = :lease, updatedAt = :now,"
-                                        " version = :next, unsettledBefore = :unsettled"
-                                        " REMOVE businessId",
-                    "ConditionExpression": ("attribute_not_exists(code)" if head is None
-                                            else "version = :version"),
-                    "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {
-                        ":submitting": _s(states.SUBMITTING), ":id": _s(attempt_id),
-                        ":lease": _n(now + lease_seconds * 1000), ":now": _n(now),
-                        ":next": _n((head or {}).get("version", 0) + 1),
-                        ":unsettled": {"BOOL": _leaves_unsettled(head)},
-                        **({} if head is None else {":version": _n(head.get("version", 0))}),
-                    },
-                }},
-                {"Put": {
-                    "TableName": self._approvals,
-                    "Item": {
-                        **self._key(code, ATTEMPT_PREFIX + attempt_id),
-                        "attemptId": _s(attempt_id), "origin": _s("send"),
-                        "status": _s(states.SUBMITTING), "request": _to_dynamo(request),
-                        "createdAt": _n(now), "updatedAt": _n(now),
-                    },
-                    "ConditionExpression": "attribute_not_exists(sk)",
-                }},
-            ]
-            if head is not None:
-                # The previous attempt ends with the status the HEAD showed: keep it on its item.
-                items.append({"Update": {
-                    "TableName": self._approvals,
-                    "Key": self._key(code, ATTEMPT_PREFIX + head["attemptId"]),
-                    "UpdateExpression": "SET #status = :final, updatedAt = :now,"
-                                        " supersededBy = :id",
-                    "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {
-                        ":final": _s(head["status"]), ":now": _n(now), ":id": _s(attempt_id)},
-                }})
             try:
-                self._transact(items)
+                self._transact(self._claim_items(code, head, request, attempt_id,
+                                                 lease_seconds, now))
                 return attempt_id
             except _Cancelled:
                 # Someone changed the code since we read it, or this was botocore's retry of
@@ -377,83 +547,131 @@ class DynamoDBApprovalStore:
                 if (head or {}).get("attemptId") == attempt_id:
                     return attempt_id
         if head is not None:
-            _raise_if_active(code, head, self._now_ms())
+            _raise_if_blocked(code, head, self._now_ms())
         raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
 
-    def settle_send(self, code: str, attempt_id: str, status: str, outcome: dict) -> bool:
-        """Record Zeyi's answer to a send: PENDING or FAILED. Returns False when the attempt was
-        no longer the code's SUBMITTING one (a callback settled it first, or its lease ended and
-        a newer send took over); its own item is updated either way."""
-        now = self._now_ms()
-        attempt_update = {"Update": {
-            "TableName": self._approvals,
-            "Key": self._key(code, ATTEMPT_PREFIX + attempt_id),
-            "UpdateExpression": "SET #status = :status, outcome = :outcome, updatedAt = :now",
-            "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": {
-                ":status": _s(status), ":outcome": _to_dynamo(outcome), ":now": _n(now)},
-        }}
-        try:
-            self._transact([
-                {"Update": {
-                    "TableName": self._approvals,
-                    "Key": self._key(code, HEAD),
-                    "UpdateExpression": "SET #status = :status, updatedAt = :now,"
-                                        " version = version + :one REMOVE leaseExpiresAt",
-                    "ConditionExpression": "attemptId = :id AND #status = :submitting",
-                    "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {
-                        ":status": _s(status), ":now": _n(now), ":one": _n(1),
-                        ":id": _s(attempt_id), ":submitting": _s(states.SUBMITTING)},
-                }},
-                attempt_update,
-            ])
-            return True
-        except _Cancelled:
-            # Keep Zeyi's answer on the attempt without touching the HEAD, and without claiming
-            # a status the HEAD does not show.
-            update = attempt_update["Update"]
-            self._call("update_item", TableName=update["TableName"], Key=update["Key"],
-                       UpdateExpression="SET outcome = :outcome, updatedAt = :now",
-                       ExpressionAttributeValues={
-                           ":outcome": update["ExpressionAttributeValues"][":outcome"],
-                           ":now": _n(now)})
-            return False
+    def _claim_items(self, code: str, head: dict | None, request: dict, attempt_id: str,
+                     lease_seconds: int, now: int) -> list[dict]:
+        sets = {"status": _s(states.SUBMITTING), "attemptId": _s(attempt_id),
+                "leaseExpiresAt": _n(now + lease_seconds * 1000), "updatedAt": _n(now),
+                "changedBy": _s(CHANGED_BY_SEND)}
+        removes = ["businessId", "lastCallback"]
+        if head is not None:
+            in_doubt = states.in_doubt_after_superseding(head["status"], head.get("businessId"),
+                                                  tuple(head.get("inDoubt", ())),
+                                                  head["attemptId"])
+            if in_doubt:
+                sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
+            else:
+                removes.append("inDoubt")
+        items = [
+            self._head_update(code, sets, tuple(removes), read=head),
+            {"Put": {
+                "TableName": self._approvals,
+                "Item": {**self._key(code, ATTEMPT_PREFIX + attempt_id),
+                         "attemptId": _s(attempt_id), "origin": _s("send"),
+                         "status": _s(states.SUBMITTING), "request": _to_dynamo(request),
+                         "createdAt": _n(now), "updatedAt": _n(now)},
+                "ConditionExpression": "attribute_not_exists(sk)",
+            }},
+        ]
+        if head is not None:
+            items.extend(self._superseded(code, head, attempt_id, now))
+        return items
 
-    def mark_cancelling(self, code: str, attempt_id: str, cancel_request: dict) -> bool:
-        """PENDING → CANCELLING once Zeyi accepted a cancel. Returns False when a callback had
-        already moved the approval on."""
+    def settle_send(self, code: str, attempt_id: str, status: str, outcome: dict) -> bool:
+        """Record Zeyi's answer to a send: PENDING (accepted) or FAILED (rejected, or never
+        reached). Returns False when the attempt was no longer the code's SUBMITTING one (a
+        callback settled it first, or a newer send superseded it); its own item keeps the
+        answer either way."""
+        event = states.ACCEPTED if status == states.PENDING else states.REJECTED
+        return self._move_attempt(code, attempt_id, event, {"outcome": _to_dynamo(outcome)},
+                                  changed_by=CHANGED_BY_ANSWER)
+
+    def note_outcome(self, code: str, attempt_id: str, outcome: dict) -> None:
+        """Keep on the attempt what happened to a send whose outcome is unknown; the code's
+        status does not change (its lease, or a callback, settles it)."""
+        self._call("update_item", **self._attempt_update(
+            code, attempt_id, {"outcome": _to_dynamo(outcome)}, self._now_ms())["Update"])
+
+    def mark_cancelling(self, code: str, attempt_id: str, cancel_request: dict,
+                        lease_seconds: int) -> bool:
+        """PENDING → CANCELLING once Zeyi accepted a cancel, under a lease: if the terminate
+        never comes, the code is free again once it runs out. Returns False when a callback
+        had already moved the approval on."""
         now = self._now_ms()
+        return self._move_attempt(
+            code, attempt_id, states.CANCEL_ACCEPTED,
+            {"cancel": _to_dynamo({**cancel_request, "acceptedAt": now})},
+            changed_by=CHANGED_BY_CANCEL, lease_ms=lease_seconds * 1000)
+
+    def _move_attempt(self, code: str, attempt_id: str, event: str, attempt_sets: dict,
+                      *, changed_by: str, lease_ms: int | None = None) -> bool:
+        """Apply ``event`` to the current attempt ``attempt_id`` (a blind write conditioned on
+        the transition table) and keep ``attempt_sets`` on its item. Returns False when the
+        attempt was not in a status ``event`` may leave; its item gets ``attempt_sets`` then."""
+        target = states.target_of(event)
+        for _ in range(_TRIES):
+            now = self._now_ms()
+            values = {":id": _s(attempt_id)}
+            condition = f"attemptId = :id AND {self._status_condition(event, values)}"
+            sets = {"status": _s(target), "updatedAt": _n(now), "changedBy": _s(changed_by)}
+            if lease_ms is not None:
+                sets["leaseExpiresAt"] = _n(now + lease_ms)
+            try:
+                self._transact([
+                    self._head_update(code, sets, ("leaseExpiresAt",), blind=condition,
+                                      values=values),
+                    self._attempt_update(code, attempt_id, attempt_sets, now),
+                ])
+                return True
+            except _Cancelled as cancelled:
+                if cancelled.conflicted():
+                    continue
+                head = _plain(cancelled.old_item(0)) if cancelled.old_item(0) else None
+                if head and head["attemptId"] == attempt_id and head["status"] == target:
+                    return True  # botocore's retry of our own committed write
+                self._keep_on_attempt(code, attempt_id, event, attempt_sets, head, now)
+                return False
+        raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
+
+    def _keep_on_attempt(self, code: str, attempt_id: str, event: str, attempt_sets: dict,
+                         head: dict | None, now: int) -> None:
+        """Keep an answer on an attempt that moved on. A send a newer one superseded and that
+        Zeyi rejected owns no instance: its item says FAILED, and it leaves the doubt."""
+        from botocore.exceptions import ClientError
+
+        superseded = head is not None and head["attemptId"] != attempt_id
+        if not (superseded and event == states.REJECTED):
+            self._call("update_item",
+                       **self._attempt_update(code, attempt_id, attempt_sets, now)["Update"])
+            return
         try:
-            self._transact([
-                {"Update": {
-                    "TableName": self._approvals,
-                    "Key": self._key(code, HEAD),
-                    "UpdateExpression": "SET #status = :cancelling, updatedAt = :now,"
-                                        " version = version + :one",
-                    "ConditionExpression": "attemptId = :id AND #status = :pending",
-                    "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {
-                        ":cancelling": _s(states.CANCELLING), ":pending": _s(states.PENDING),
-                        ":now": _n(now), ":one": _n(1), ":id": _s(attempt_id)},
-                }},
-                {"Update": {
-                    "TableName": self._approvals,
-                    "Key": self._key(code, ATTEMPT_PREFIX + attempt_id),
-                    "UpdateExpression": "SET cancel = :cancel, updatedAt = :now",
-                    "ExpressionAttributeValues": {
-                        ":cancel": _to_dynamo({**cancel_request, "acceptedAt": now}),
-                        ":now": _n(now)},
-                }},
-            ])
-            return True
+            self._call("update_item", **self._attempt_update(
+                code, attempt_id, {**attempt_sets, "status": _s(states.FAILED)}, now,
+                only_if_status=states.SUBMITTING)["Update"])
+        except ClientError:  # a late callback settled it already: keep the answer only
+            self._call("update_item",
+                       **self._attempt_update(code, attempt_id, attempt_sets, now)["Update"])
+            return
+        in_doubt = [attempt for attempt in head.get("inDoubt", ()) if attempt != attempt_id]
+        if len(in_doubt) == len(head.get("inDoubt", ())):
+            return
+        sets = {"updatedAt": _n(now), "changedBy": _s(CHANGED_BY_ANSWER)}
+        if in_doubt:
+            sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
+        try:
+            self._transact([self._head_update(code, sets, () if in_doubt else ("inDoubt",),
+                                              read=head)])
         except _Cancelled:
-            return False
+            # Moved again meanwhile: the attempt stays in doubt, which only means a late
+            # callback of another instance may still be recorded under it.
+            logger.info("a rejected attempt stays in doubt", extra={"code": code})
 
     # -- reads -----------------------------------------------------------------------------------
 
     def history(self, code: str) -> dict:
-        """Current status, every attempt and every callback of ``code``, newest first.
+        """Current status, the newest attempts and callbacks of ``code``, newest first.
 
         Raises ApprovalNotFoundError for a code never seen.
         """
@@ -462,6 +680,10 @@ class DynamoDBApprovalStore:
             "TableName": self._approvals, "ConsistentRead": True,
             "KeyConditionExpression": "code = :code",
             "ExpressionAttributeValues": {":code": _s(code)},
+            # Raw callback bodies stay out: they can be hundreds of kilobytes each.
+            "ProjectionExpression": ", ".join(f"#p{i}" for i in range(len(_HISTORY_FIELDS))),
+            "ExpressionAttributeNames": {f"#p{i}": name
+                                         for i, name in enumerate(_HISTORY_FIELDS)},
         }
         while True:
             page = self._call("query", **kwargs)
@@ -472,19 +694,26 @@ class DynamoDBApprovalStore:
         head = next((item for item in items if item["sk"] == HEAD), None)
         if head is None:
             raise ApprovalNotFoundError(f"no approval was ever sent or called back for code {code}")
-        attempts, callbacks = [], []
+        attempts, callbacks, owners = [], [], {}
         for item in items:
             sk = item.pop("sk")
             item.pop("code", None)
             if sk.startswith(ATTEMPT_PREFIX):
                 if item["attemptId"] == head["attemptId"]:
                     item["status"] = head["status"]
-                    if "leaseExpiresAt" in head:
-                        item["leaseExpiresAt"] = head["leaseExpiresAt"]
+                    for name in ("leaseExpiresAt", "businessId"):
+                        if name in head:
+                            item[name] = head[name]
+                if item.get("businessId"):
+                    owners[item["businessId"]] = item["attemptId"]
                 attempts.append(item)
             elif sk.startswith(CALLBACK_PREFIX):
                 item.pop("appKey", None)
                 callbacks.append(item)
+            elif sk.startswith(INSTANCE_PREFIX):
+                owners[sk[len(INSTANCE_PREFIX):]] = item["attemptId"]
+        for callback in callbacks:
+            callback.setdefault("attemptId", owners.get(callback["businessId"]))
         attempts.sort(key=lambda a: a["attemptId"], reverse=True)
         callbacks.sort(key=lambda c: c["receivedAt"], reverse=True)
         return {
@@ -493,9 +722,39 @@ class DynamoDBApprovalStore:
             "currentAttemptId": head["attemptId"],
             "businessId": head.get("businessId"),
             "updatedAt": head.get("updatedAt"),
-            "attempts": attempts,
-            "callbacks": callbacks,
+            "version": head.get("version"),
+            "attemptCount": len(attempts),
+            "callbackCount": len(callbacks),
+            "attempts": attempts[:HISTORY_ATTEMPTS],
+            "callbacks": callbacks[:HISTORY_CALLBACKS],
         }
+
+
+# What states.decide_callback reads of the HEAD.
+_RULED_FIELDS = ("status", "attemptId", "businessId", "inDoubt")
+_HISTORY_FIELDS = (
+    "code", "sk", "status", "attemptId", "businessId", "version", "updatedAt", "leaseExpiresAt",
+    "origin", "request", "outcome", "cancel", "createdAt", "supersededBy", "type", "result",
+    "auditType", "auditUser", "remark", "cut", "receivedAt", "nonce", "disposition",
+    "statusAfter", "inDoubt",
+)
+
+
+def _callback_fields(callback: CallbackRecord) -> dict:
+    """The parsed fields a record and the HEAD keep; free text only as a short preview."""
+    fields, cut = {}, []
+    if callback.result:
+        fields["result"] = _s(callback.result)
+    for name, value in (("auditType", callback.audit_type), ("auditUser", callback.audit_user),
+                        ("remark", callback.remark)):
+        if value is not None:
+            text, was_cut = _storable_text(value, PREVIEW_CHARS[name])
+            fields[name] = _s(text)
+            if was_cut:
+                cut.append(_s(name))
+    if cut:
+        fields["cut"] = {"L": cut}
+    return fields
 
 
 def new_attempt_id(now_ms: int) -> str:
@@ -503,25 +762,24 @@ def new_attempt_id(now_ms: int) -> str:
     return f"{now_ms:013d}-{secrets.token_hex(4)}"
 
 
-def _leaves_unsettled(head: dict | None) -> bool:
-    """Whether, behind the attempt being claimed, Zeyi may still hold an approval whose outcome
-    the gateway never learned: an attempt left SUBMITTING, possibly behind FAILED resends."""
+def _head_view(head: dict | None) -> states.Head | None:
     if head is None:
-        return False
-    return head["status"] == states.SUBMITTING or (
-        head["status"] == states.FAILED and bool(head.get("unsettledBefore")))
+        return None
+    return states.Head(status=head["status"], attempt_id=head["attemptId"],
+                       business_id=head.get("businessId"),
+                       in_doubt=tuple(head.get("inDoubt", ())))
 
 
-def _raise_if_active(code: str, head: dict, now_ms: int) -> None:
+def _raise_if_blocked(code: str, head: dict, now_ms: int) -> None:
     status = head["status"]
-    if status not in states.ACTIVE:
+    if states.may_send(status, head.get("leaseExpiresAt"), now_ms):
         return
-    if status == states.SUBMITTING and head.get("leaseExpiresAt", 0) <= now_ms:
-        return  # a crashed or unanswered send no longer blocks the code
     message = f"code {code} already has an approval in status {status}"
-    if status == states.SUBMITTING:
+    if status in states.LEASED:
         retry_s = max(1, -(-(head["leaseExpiresAt"] - now_ms) // 1000))
-        message += f"; its outcome is not known yet, retry in {retry_s} s if no callback arrives"
+        waiting = ("its outcome is not known yet" if status == states.SUBMITTING
+                   else "Zeyi accepted its cancel and has not confirmed it yet")
+        message += f"; {waiting}, retry in {retry_s} s if no callback arrives"
     raise ApprovalActiveError(message, result={"code": code, "status": status})
 
 

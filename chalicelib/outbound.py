@@ -26,6 +26,8 @@ from chalicelib.errors import (
 )
 from chalicelib.logs import logger
 
+# What an attempt keeps of Zeyi's answer: its raw text, cut here (a marker says so).
+ANSWER_KEEP_CHARS = 4000
 _NOT_CANCELLABLE_REASONS = {
     states.SUBMITTING: "Zeyi has not confirmed it yet",
     states.CANCELLING: "it is already being cancelled",
@@ -34,44 +36,47 @@ _NOT_CANCELLABLE_REASONS = {
 
 
 def send_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
-    """Start an approval at Zeyi for an internal app; returns Zeyi's envelope when accepted.
+    """Start an approval at Zeyi for an internal app; returns the envelope with
+    ``{code, status, attemptId}`` when Zeyi accepted it (Zeyi's own answer is kept in the
+    history).
 
     Raises ValidationError or BodyTooLargeError (nothing stored, nothing sent), ApprovalActiveError
     when the code has an active approval, UpstreamRejectedError when Zeyi refused and
     UpstreamUnavailableError when it could not be reached (both recorded FAILED: the code may be
-    sent again at once), UpstreamOutcomeUnknownError when the request may have reached Zeyi (the
-    attempt stays SUBMITTING until a callback or the end of its lease).
+    sent again at once), UpstreamOutcomeUnknownError (or UpstreamSystemError, Zeyi's own fault)
+    when the request may have created the approval (the attempt stays SUBMITTING until a
+    callback or the end of its lease).
     """
     body = payloads.validate_send(payload)
     code = body["code"]
     attempt_id = store.claim(code, body, lease_seconds)
-    context = {"code": code, "attemptId": attempt_id}
+    where = {"code": code, "attemptId": attempt_id}
     try:
         answer = zeyi.send(body)
     except UpstreamOutcomeUnknownError as exc:
-        logger.warning("send outcome unknown", extra={**context, "reason": exc.message})
-        raise _with_advice(exc, (
-            f"the approval may have been created at Zeyi, and then its callback will settle it"
+        logger.warning("send outcome unknown", extra={**where, "reason": exc.message})
+        _keep(store.note_outcome, code, attempt_id, _outcome("unknown", exc))
+        exc.message += (
+            f"; the approval may have been created at Zeyi, and then its callback will settle it"
             f" (see GET /audit/{code}); code {code} can be sent again in {lease_seconds} s, and"
-            " Zeyi refuses that send if the first one exists"),
-            result={"code": code, "status": states.SUBMITTING, "attemptId": attempt_id,
-                    "retryAfterSeconds": lease_seconds}) from exc
+            " Zeyi refuses that send if the first one exists")
+        exc.result = {**where, "status": states.SUBMITTING, "retryAfterSeconds": lease_seconds}
+        raise
     except GatewayError as exc:
         # Refused by Zeyi, Zeyi unreachable, or no credential to sign with: in every case
         # nothing was accepted at Zeyi, so the code is free again at once.
-        _settle(store, code, attempt_id, states.FAILED, {
-            "success": False, "businessException": exc.business, "errorCode": exc.error_code,
-            "message": exc.message, "result": exc.result})
-        if exc.result is None:
-            exc.result = {"code": code, "status": states.FAILED, "attemptId": attempt_id}
+        status = _settle(store, code, attempt_id, states.FAILED, _outcome("rejected", exc))
+        exc.result = {**where, "status": status}
         raise
-    _settle(store, code, attempt_id, states.PENDING, answer)
-    logger.info("approval sent", extra=context)
-    return answer
+    status = _settle(store, code, attempt_id, states.PENDING, _outcome("accepted", answer))
+    logger.info("approval sent", extra=where)
+    return envelope.ok({**where, "status": status})
 
 
-def cancel_approval(payload: object, *, store, zeyi) -> dict:
-    """Ask Zeyi to cancel a PENDING approval; returns Zeyi's envelope when accepted.
+def cancel_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
+    """Ask Zeyi to cancel a PENDING approval; returns the envelope with
+    ``{code, status, attemptId}`` when Zeyi accepted (status CANCELLING until the terminate
+    callback, or until ``lease_seconds`` pass without one).
 
     Raises ValidationError, ApprovalNotFoundError for a code never seen,
     ApprovalNotCancellableError when the approval is not PENDING, and, with no state change,
@@ -84,52 +89,78 @@ def cancel_approval(payload: object, *, store, zeyi) -> dict:
         raise ApprovalNotFoundError(f"no approval was ever sent or called back for code {code}",
                                     result={"code": code})
     status = head["status"]
-    if status != states.PENDING:
+    if states.next_status(status, states.CANCEL_ACCEPTED) is None:
         reason = _NOT_CANCELLABLE_REASONS.get(status, "it has ended")
         raise ApprovalNotCancellableError(
             f"code {code} is {status} and cannot be cancelled: {reason}; only a PENDING"
             " approval can be cancelled", result={"code": code, "status": status})
-    context = {"code": code, "attemptId": head["attemptId"]}
+    where = {"code": code, "attemptId": head["attemptId"]}
     try:
         answer = zeyi.cancel(body)
     except UpstreamOutcomeUnknownError as exc:
-        logger.warning("cancel outcome unknown", extra={**context, "reason": exc.message})
-        raise _with_advice(exc, (
-            "Zeyi may have accepted the cancel: if it did, a terminate callback will end the"
-            f" approval; check GET /audit/{code} before cancelling again"),
-            result={"code": code, "status": status}) from exc
+        logger.warning("cancel outcome unknown", extra={**where, "reason": exc.message})
+        exc.message += ("; Zeyi may have accepted the cancel: if it did, a terminate callback"
+                        f" will end the approval; check GET /audit/{code} before cancelling"
+                        " again")
+        exc.result = {**where, "status": status}
+        raise
+    cancel = {**body, "answer": _outcome("accepted", answer)}
     try:
-        if not store.mark_cancelling(code, head["attemptId"], body):
-            logger.info("cancel accepted after a callback moved the approval on", extra=context)
+        if store.mark_cancelling(code, head["attemptId"], cancel, lease_seconds):
+            status = states.CANCELLING
+        else:
+            logger.info("cancel accepted after a callback moved the approval on", extra=where)
+            status = (store.get_head(code) or head)["status"]
     except ServiceUnavailableError:
         # Zeyi accepted: telling the app otherwise would be wrong. The terminate callback will
         # move the approval from PENDING directly.
-        logger.exception("cancel accepted by Zeyi but not recorded", extra=context)
-    logger.info("approval cancel accepted", extra=context)
-    return answer
+        logger.exception("cancel accepted by Zeyi but not recorded", extra=where)
+    logger.info("approval cancel accepted", extra=where)
+    return envelope.ok({**where, "status": status})
 
 
 def get_approval(code: str, *, store) -> dict:
-    """The envelope with the code's status, every attempt and every callback, newest first.
+    """The envelope with the code's status, its newest attempts and callbacks, newest first.
 
     Raises ValidationError for a malformed code and ApprovalNotFoundError for a code never seen.
     """
     return envelope.ok(store.history(payloads.validate_code(code)))
 
 
-def _settle(store, code: str, attempt_id: str, status: str, outcome: dict) -> None:
-    context = {"code": code, "attemptId": attempt_id, "status": status}
+def _outcome(kind: str, source) -> dict:
+    """What an attempt keeps of a call to Zeyi: always storable, whatever Zeyi answered (NaN,
+    huge numbers, deep nesting and long strings stay inside the raw text)."""
+    outcome = {"kind": kind}
+    if isinstance(source, GatewayError):
+        outcome.update(errorCode=source.error_code, message=source.message[:ANSWER_KEEP_CHARS])
+        source = getattr(source, "answer", None)
+    if source is not None:
+        text = source.text.encode("utf-8", "replace").decode("utf-8")
+        outcome.update(httpStatus=source.http_status, answer=text[:ANSWER_KEEP_CHARS])
+        if len(text) > ANSWER_KEEP_CHARS:
+            outcome["answerCut"] = True
+    return outcome
+
+
+def _settle(store, code: str, attempt_id: str, status: str, outcome: dict) -> str:
+    """Record Zeyi's answer; returns the code's status afterwards (a callback may have moved
+    it first)."""
+    where = {"code": code, "attemptId": attempt_id, "status": status}
     try:
-        if not store.settle_send(code, attempt_id, status, outcome):
-            logger.info("send answer kept on an attempt that had moved on", extra=context)
+        if store.settle_send(code, attempt_id, status, outcome):
+            return status
+        logger.info("send answer kept on an attempt that had moved on", extra=where)
+        head = store.get_head(code)
+        return head["status"] if head and head["attemptId"] == attempt_id else status
     except ServiceUnavailableError:
         # What Zeyi said is still what the app must hear; the attempt stays SUBMITTING and its
         # lease, or a callback, ends it.
-        logger.exception("send answer not recorded", extra=context)
+        logger.exception("send answer not recorded", extra=where)
+        return status
 
 
-def _with_advice(exc: UpstreamOutcomeUnknownError, advice: str,
-                 result: dict) -> UpstreamOutcomeUnknownError:
-    error = UpstreamOutcomeUnknownError(f"{exc.message}; {advice}", result=result)
-    error.status = exc.status
-    return error
+def _keep(write, *args) -> None:
+    try:
+        write(*args)
+    except ServiceUnavailableError:
+        logger.exception("call outcome not recorded", extra={"code": args[0]})

@@ -166,7 +166,8 @@ class Demo:
         for code in self.codes:
             response = requests.get(f"{self.gateway}/audit/{code}", timeout=30)
             result = (response.json() or {}).get("result") or {}
-            applied = [c for c in result.get("callbacks", []) if c.get("applied", True)]
+            applied = [c for c in result.get("callbacks", [])
+                       if c.get("disposition") == "applied"]
             self.out(f"  {code}: {result.get('status')}, {len(result.get('attempts', []))}"
                      f" attempt(s), {len(applied)} callback(s) applied")
 

@@ -41,10 +41,21 @@ def stored_items() -> tuple[list, list]:
 
 
 def history(gateway, code):
+    """The code's history as the status route shows it, plus each callback's raw body as
+    stored (the route leaves bodies out: they can be hundreds of kilobytes each)."""
     from chalicelib.approval_store import DynamoDBApprovalStore
 
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
-    return store.history(code)
+    record = store.history(code)
+    items = aws.client("dynamodb").query(
+        TableName=APPROVALS_TABLE, KeyConditionExpression="code = :c",
+        ExpressionAttributeValues={":c": {"S": code}})["Items"]
+    bodies = {(item["businessId"]["S"], item["type"]["S"], item.get("result", {}).get("S")):
+              item["body"]["S"] for item in items if "body" in item}
+    for callback in record["callbacks"]:
+        callback["body"] = bodies[(callback["businessId"], callback["type"],
+                                   callback.get("result"))]
+    return record
 
 
 # -- the token endpoint -----------------------------------------------------------------------
@@ -99,7 +110,7 @@ def test_callback_for_a_pending_approval_moves_it_and_records_the_raw_body(gatew
     record = history(gateway, "HT-1")
     assert record["status"] == "AGREED"
     assert record["callbacks"][0]["body"] == body.decode("utf-8")
-    assert record["callbacks"][0]["applied"] is True
+    assert record["callbacks"][0]["disposition"] == "applied"
     assert record["attempts"][0]["status"] == "AGREED"
 
 
@@ -187,7 +198,7 @@ def test_late_callback_never_leaves_a_final_state(gateway):
     assert status == 200 and envelope["result"] == {"status": "AGREED", "disposition": "ignored"}
     record = history(gateway, "HT-LATE")
     assert record["status"] == "AGREED"
-    assert [c["applied"] for c in record["callbacks"]] == [False, True]
+    assert [c["disposition"] for c in record["callbacks"]] == ["ignored", "applied"]
     status, envelope = post_callback(gateway, peer.callback_body(code="HT-LATE", type="terminate",
                                                                  result=...))
     assert envelope["result"] == {"status": "AGREED", "disposition": "duplicate"}
@@ -198,7 +209,8 @@ def test_terminate_settles_a_cancelling_approval(gateway):
 
     seed_pending("HT-CAN")
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
-    assert store.mark_cancelling("HT-CAN", store.get_head("HT-CAN")["attemptId"], {"code": "HT-CAN"})
+    assert store.mark_cancelling("HT-CAN", store.get_head("HT-CAN")["attemptId"], {"code": "HT-CAN"},
+                                 lease_seconds=600)
     post_callback(gateway, peer.callback_body(code="HT-CAN", type="terminate", result=...))
     assert history(gateway, "HT-CAN")["status"] == "TERMINATED"
 

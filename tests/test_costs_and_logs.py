@@ -94,7 +94,8 @@ def test_concurrent_callbacks_for_an_unknown_code_create_one_attempt(aws_env, at
     history = store.history("NEW")
     assert len(history["attempts"]) == 1 and history["status"] == "TERMINATED"
     assert len(history["callbacks"]) == 8
-    assert [c["applied"] for c in history["callbacks"]].count(True) == 1
+    dispositions = sorted(c["disposition"] for c in history["callbacks"])
+    assert dispositions == ["applied"] + ["unknown_instance"] * 7
 
 
 def test_no_secret_token_or_sign_is_ever_logged(gateway):

@@ -48,6 +48,7 @@ from tests.moto_server import free_port
 from tests.peer import cancel_body, send_body
 
 LEASE_SECONDS = 120
+CANCEL_LEASE_SECONDS = 600
 
 
 class Clock:
@@ -98,6 +99,11 @@ def send(store, client, code="PO-1", **overrides):
                                   lease_seconds=LEASE_SECONDS)
 
 
+def cancel(store, client, code="PO-1"):
+    return outbound.cancel_approval(cancel_body(code), store=store, zeyi=client,
+                                    lease_seconds=CANCEL_LEASE_SECONDS)
+
+
 def status_of(store, code="PO-1") -> str:
     return store.get_head(code)["status"]
 
@@ -112,8 +118,8 @@ def callback(code="PO-1", type_="finish", result="agree", business_id="proc-1", 
 
 # -- send ---------------------------------------------------------------------------------------
 
-def test_an_accepted_send_answers_zeyis_envelope_and_the_approval_is_pending(store, zeyi,
-                                                                             client_for):
+def test_an_accepted_send_answers_where_it_stands_and_keeps_zeyis_answer(store, zeyi,
+                                                                          client_for):
     answer = send(store, client_for(zeyi.url))
 
     assert answer["success"] is True and answer["businessException"] is False
@@ -122,8 +128,11 @@ def test_an_accepted_send_answers_zeyis_envelope_and_the_approval_is_pending(sto
     history = outbound.get_approval("PO-1", store=store)["result"]
     assert history["status"] == "PENDING"
     [attempt] = history["attempts"]
+    assert answer["result"] == {"code": "PO-1", "status": "PENDING",
+                                "attemptId": attempt["attemptId"]}
     assert attempt["request"] == send_body()
-    assert attempt["outcome"]["success"] is True
+    assert attempt["outcome"]["kind"] == "accepted"
+    assert json.loads(attempt["outcome"]["answer"])["success"] is True
 
 
 def test_an_invalid_body_stores_nothing_and_sends_nothing(store, zeyi, client_for):
@@ -193,12 +202,16 @@ def test_zeyi_down_is_failed_and_the_code_can_be_sent_again_at_once(store, zeyi,
     assert history["attempts"][1]["outcome"]["errorCode"] == "UPSTREAM_UNAVAILABLE"
 
 
-def test_a_stray_callback_does_not_flip_a_failed_send_that_never_reached_zeyi(
-        store, client_for):
+def test_zeyis_decision_counts_even_after_a_send_that_never_reached_it(store, client_for):
+    # Zeyi reports a decision for the code, on an instance none of our sends created: it is
+    # Zeyi's latest for that code, exactly as if our failed send had never been tried.
     with pytest.raises(Unavailable):
         send(store, client_for(f"http://127.0.0.1:{free_port()}"))
     outcome = store.record_callback(callback(business_id="someone-elses"), nonce_ttl_seconds=1200)
-    assert (outcome.disposition, status_of(store)) == ("ignored", "FAILED")
+    assert (outcome.disposition, status_of(store)) == ("applied", "AGREED")
+    history = outbound.get_approval("PO-1", store=store)["result"]
+    assert [(a["origin"], a["status"]) for a in history["attempts"]] == [
+        ("callback", "AGREED"), ("send", "FAILED")]
 
 
 def test_a_refused_connection_is_retried_and_the_retry_is_the_one_send(store, client_for):
@@ -331,7 +344,7 @@ def test_a_missing_outbound_secret_fails_the_attempt_and_sends_nothing(store, ze
 def test_a_pending_approval_is_cancelled_then_terminated_by_the_callback(store, zeyi, client_for):
     client = client_for(zeyi.url)
     send(store, client)
-    answer = outbound.cancel_approval(cancel_body(), store=store, zeyi=client)
+    answer = cancel(store, client)
     assert answer["success"] is True
     [received] = zeyi.requests_log(kind="cancel")
     assert (received["verdict"], received["json"]) == ("OK", cancel_body())
@@ -349,7 +362,7 @@ def test_a_pending_approval_is_cancelled_then_terminated_by_the_callback(store, 
 
 def test_cancelling_a_code_never_seen_is_404(store, zeyi, client_for):
     with pytest.raises(ApprovalNotFoundError) as caught:
-        outbound.cancel_approval(cancel_body("NOPE"), store=store, zeyi=client_for(zeyi.url))
+        cancel(store, client_for(zeyi.url), "NOPE")
     assert caught.value.status == 404
     assert zeyi.requests_log() == []
 
@@ -362,11 +375,11 @@ def test_only_a_pending_approval_can_be_cancelled(store, zeyi, client_for):
     send(store, client, "AGR-1")
     store.record_callback(callback("AGR-1"), nonce_ttl_seconds=1200)
     send(store, client, "CAN-1")
-    outbound.cancel_approval(cancel_body("CAN-1"), store=store, zeyi=client)
+    cancel(store, client, "CAN-1")
 
     for code, status in (("SUB-1", "SUBMITTING"), ("AGR-1", "AGREED"), ("CAN-1", "CANCELLING")):
         with pytest.raises(ApprovalNotCancellableError) as caught:
-            outbound.cancel_approval(cancel_body(code), store=store, zeyi=client)
+            cancel(store, client, code)
         assert caught.value.status == 409
         assert f"code {code} is {status} and cannot be cancelled" in caught.value.message
         assert caught.value.result == {"code": code, "status": status}
@@ -378,7 +391,7 @@ def test_a_cancel_zeyi_refuses_changes_nothing(store, zeyi, client_for):
     send(store, client)
     zeyi.add_fault("cancel", "refuse")
     with pytest.raises(Rejected) as caught:
-        outbound.cancel_approval(cancel_body(), store=store, zeyi=client)
+        cancel(store, client)
     assert caught.value.error_code == "SIMULATED_REFUSAL"
     assert status_of(store) == "PENDING"
 
@@ -386,8 +399,7 @@ def test_a_cancel_zeyi_refuses_changes_nothing(store, zeyi, client_for):
 def test_a_cancel_that_cannot_reach_zeyi_is_502_and_changes_nothing(store, zeyi, client_for):
     send(store, client_for(zeyi.url))
     with pytest.raises(Unavailable) as caught:
-        outbound.cancel_approval(cancel_body(), store=store,
-                                 zeyi=client_for(f"http://127.0.0.1:{free_port()}"))
+        cancel(store, client_for(f"http://127.0.0.1:{free_port()}"))
     assert caught.value.status == 502
     assert status_of(store) == "PENDING"
 
@@ -398,7 +410,7 @@ def test_a_cancel_without_an_answer_is_504_and_changes_nothing(store, zeyi, clie
     monkeypatch.setenv("ZEYI_READ_TIMEOUT_SECONDS", "0.3")
     zeyi.add_fault("cancel", "slow", seconds=1.5)
     with pytest.raises(Unknown) as caught:
-        outbound.cancel_approval(cancel_body(), store=store, zeyi=client_for(zeyi.url))
+        cancel(store, client_for(zeyi.url))
     assert caught.value.status == 504
     assert "check GET /audit/PO-1" in caught.value.message
     assert status_of(store) == "PENDING"
@@ -464,7 +476,7 @@ def test_each_use_case_makes_the_fewest_aws_calls(store, zeyi, client_for, aws_c
                          "dynamodb.TransactWriteItems"]
     aws_calls.clear()
 
-    outbound.cancel_approval(cancel_body(), store=store, zeyi=client)
+    cancel(store, client)
     assert aws_calls == ["dynamodb.GetItem", "dynamodb.TransactWriteItems"]
     aws_calls.clear()
 

@@ -101,7 +101,7 @@ class Sandbox:
 
 
 def applied_callbacks(result: dict) -> list[dict]:
-    return [callback for callback in result["callbacks"] if callback.get("applied")]
+    return [callback for callback in result["callbacks"] if callback.get("disposition") == "applied"]
 
 
 def run_all(function, items, workers: int = 16) -> list:

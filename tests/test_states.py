@@ -1,0 +1,153 @@
+"""The lifecycle rules alone, without a store: the transition table and the ruling that binds a
+callback to the attempt it belongs to (chalicelib/states.py, docs/architecture.md)."""
+from __future__ import annotations
+
+import pytest
+
+from chalicelib import states
+from chalicelib.states import (
+    AGREE,
+    AGREED,
+    APPLIED,
+    CANCELLING,
+    FAILED,
+    IGNORED,
+    LATE,
+    NEW_ATTEMPT,
+    PENDING,
+    REFUSE,
+    REFUSED,
+    SUBMITTING,
+    TERMINATE,
+    TERMINATED,
+    UNKNOWN_INSTANCE,
+    Head,
+    decide_callback,
+)
+
+
+def test_every_status_is_reachable_and_only_open_ones_take_a_first_callback():
+    reachable = {target for target in states.TRANSITIONS.values()}
+    assert reachable == set(states.STATUSES)
+    for event in states.CALLBACK_EVENTS:
+        assert states.allowed_from(event) >= states.OPEN
+        assert states.allowed_from(event) - states.OPEN <= {TERMINATED}
+
+
+@pytest.mark.parametrize("status, event, expected", [
+    (SUBMITTING, states.ACCEPTED, PENDING),
+    (SUBMITTING, states.REJECTED, FAILED),
+    (PENDING, states.ACCEPTED, None),
+    (PENDING, states.CANCEL_ACCEPTED, CANCELLING),
+    (SUBMITTING, states.CANCEL_ACCEPTED, None),
+    (CANCELLING, TERMINATE, TERMINATED),
+    (CANCELLING, AGREE, AGREED),
+    (AGREED, TERMINATE, None),      # an agreed instance stays agreed
+    (REFUSED, AGREE, None),
+    (TERMINATED, AGREE, AGREED),    # its finish came first at Zeyi
+    (TERMINATED, TERMINATE, None),
+    (FAILED, AGREE, None),
+])
+def test_the_transition_table(status, event, expected):
+    assert states.next_status(status, event) == expected
+
+
+@pytest.mark.parametrize("status, lease, now, allowed", [
+    (None, None, 0, True),
+    (FAILED, None, 0, True),
+    (REFUSED, None, 0, True),
+    (TERMINATED, None, 0, True),
+    (PENDING, None, 0, False),
+    (AGREED, None, 0, False),
+    (SUBMITTING, 1000, 999, False),
+    (SUBMITTING, 1000, 1000, True),
+    (CANCELLING, 1000, 999, False),
+    (CANCELLING, 1000, 1001, True),
+])
+def test_a_send_may_supersede_only_an_ended_or_expired_attempt(status, lease, now, allowed):
+    assert states.may_send(status, lease, now) is allowed
+
+
+def test_an_attempt_superseded_before_zeyi_was_heard_is_kept_in_doubt():
+    assert states.in_doubt_after_superseding(SUBMITTING, None, ("a1",), "a2") == ("a1", "a2")
+    assert states.in_doubt_after_superseding(CANCELLING, None, (), "a2") == ("a2",)
+    assert states.in_doubt_after_superseding(REFUSED, "b1", ("a1",), "a2") == ("a1",)
+    assert states.in_doubt_after_superseding(FAILED, None, (), "a2") == ()
+    many = tuple(f"a{i}" for i in range(states.IN_DOUBT_MAX))
+    assert states.in_doubt_after_superseding(SUBMITTING, None, many, "new") == (*many[1:], "new")
+
+
+# -- which attempt a callback belongs to -------------------------------------------------------
+
+def head(status, attempt="A2", business_id=None, in_doubt=()):
+    return Head(status=status, attempt_id=attempt, business_id=business_id,
+                in_doubt=tuple(in_doubt))
+
+
+def test_a_code_never_seen_gets_an_attempt_of_its_own():
+    ruling = decide_callback(None, "b1", TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, NEW_ATTEMPT,
+                                                                      TERMINATED)
+
+
+@pytest.mark.parametrize("status", sorted(states.OPEN))
+def test_the_first_instance_an_open_attempt_hears_of_is_its_own(status):
+    ruling = decide_callback(head(status), "b2", REFUSE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", REFUSED)
+
+
+def test_the_current_instance_is_final_once_decided_but_a_finish_beats_its_own_terminate():
+    assert decide_callback(head(AGREED, business_id="b2"), "b2", TERMINATE, None).disposition \
+        == IGNORED
+    ruling = decide_callback(head(TERMINATED, business_id="b2"), "b2", AGREE, None)
+    assert (ruling.disposition, ruling.status) == (APPLIED, AGREED)
+
+
+def test_an_instance_of_an_earlier_attempt_never_moves_the_code_unless_it_agrees():
+    ruling = decide_callback(head(PENDING), "b1", TERMINATE, ("A1", REFUSED))
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (IGNORED, "A1", PENDING)
+    ruling = decide_callback(head(PENDING), "b1", REFUSE, ("A1", TERMINATED))
+    assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REFUSED, PENDING)
+    # Agreed is always the code's latest instance: its attempt is the current one again.
+    ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
+    assert (ruling.disposition, ruling.current, ruling.status) == (APPLIED, "A1", AGREED)
+
+
+def test_an_unknown_instance_while_the_current_attempt_has_its_own_is_only_recorded():
+    ruling = decide_callback(head(REFUSED, business_id="b2"), "bX", TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (UNKNOWN_INSTANCE, None,
+                                                                      REFUSED)
+    assert ruling.warning
+
+
+def test_an_unknown_instance_goes_to_an_attempt_in_doubt_and_settles_it():
+    ruling = decide_callback(head(REFUSED, business_id="b2", in_doubt=["A0", "A1"]), "bX",
+                             TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.attempt_status, ruling.status) == (
+        LATE, "A0", TERMINATED, REFUSED)
+
+
+def test_an_agreed_unknown_instance_displaces_one_bound_by_inference():
+    ruling = decide_callback(head(REFUSED, business_id="b1", in_doubt=["A1"]), "b2", AGREE,
+                             None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", AGREED)
+    assert ruling.displaced == ("b1", "A1")
+
+
+def test_an_agreed_instance_no_send_created_still_counts():
+    ruling = decide_callback(head(REFUSED, business_id="b2"), "bX", AGREE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, NEW_ATTEMPT,
+                                                                      AGREED)
+    ruling = decide_callback(head(AGREED, business_id="b2"), "bX", AGREE, None)
+    assert ruling.disposition == UNKNOWN_INSTANCE and ruling.warning
+
+
+@pytest.mark.parametrize("event", states.CALLBACK_EVENTS)
+def test_after_a_failed_send_zeyis_decision_counts(event):
+    # Zeyi refused our send because it held an approval of the code: that approval is the
+    # code's latest, so its decision is the code's status (the same as with no send at all).
+    ruling = decide_callback(head(FAILED), "bX", event, None)
+    assert (ruling.disposition, ruling.attempt_id) == (APPLIED, NEW_ATTEMPT)
+    assert ruling.status == decide_callback(None, "bX", event, None).status
+    ruling = decide_callback(head(FAILED, in_doubt=["A0", "A1"]), "bX", event, None)
+    assert (ruling.attempt_id, ruling.current) == ("A1", "A1")
