@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+from sandbox.lifeline import die_with_parent
 from sandbox.zeyi.config import (
     AUTO_DECIDE_RULES,
     DEFAULT_CREDENTIALS_PATH,
@@ -76,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     config = config_from_args(parse_args(argv))
     simulator = ZeyiSimulator(config)
     try:

@@ -76,8 +76,9 @@ class ZeyiSimulator:
     def say(self, line: str) -> None:
         """One readable line on the terminal, when ``echo`` is on."""
         if self.config.echo:
-            with _PRINT_LOCK:
-                print(f"[zeyi]    {line}", flush=True)
+            with _PRINT_LOCK:  # one write per line: the gateway writes to the same terminal
+                sys.stdout.write(f"[zeyi]    {line}\n")
+                sys.stdout.flush()
 
     @property
     def stopping(self) -> threading.Event:
