@@ -50,24 +50,37 @@ def sandbox(stack) -> Sandbox:
     return Sandbox(stack.gateway_url, stack.zeyi_url)
 
 
-@pytest.fixture(scope="session")
-def browser():
-    """Headless Chromium under Selenium; skips (one line, saying how to enable) without it."""
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver_path))
-               if path is None]
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, saying how to enable them; None when they can.
+
+    A browser test module skips itself with this at import, so ``make test`` shows one line for
+    the whole module instead of one per test."""
+    missing = [name for name, program in (("chromium", "chromium"),
+                                          ("chromium-driver", "chromedriver"))
+               if shutil.which(program) is None]
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         missing.append("selenium (make test installs it)")
-    if missing:
-        pytest.skip(f"browser tests need {' and '.join(missing)}; {HOW_TO_ENABLE_BROWSER_TESTS}")
+    if not missing:
+        return None
+    return f"browser tests need {' and '.join(missing)}; {HOW_TO_ENABLE_BROWSER_TESTS}"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium under Selenium."""
+    reason = browser_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = shutil.which("chromium")
     for argument in CHROMIUM_ARGS:
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         yield driver
     finally:

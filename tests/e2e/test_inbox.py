@@ -1,12 +1,16 @@
 """The approver's inbox page in a real headless browser, against the three real processes: an
 approval sent through the gateway shows up, a click decides it, and the page shows the gateway's
-own record turning AGREED."""
+own record turning AGREED. Without Chromium the module skips itself, in one line saying how to
+enable it."""
 from __future__ import annotations
 
 import pytest
 
 from tests.e2e.client import Sandbox
-from tests.e2e.conftest import ARTIFACTS_DIR
+from tests.e2e.conftest import ARTIFACTS_DIR, browser_missing
+
+if browser_missing() is not None:
+    pytest.skip(browser_missing(), allow_module_level=True)
 
 WAIT_SECONDS = 30
 
