@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from sandbox.zeyi import control, inbox
 from sandbox.zeyi.model import Fault
 from sandbox.zeyi.rules import CANCEL_PATH, MAX_BODY_BYTES, SEND_PATH, envelope
-from sandbox.zeyi.simulator import ZeyiSimulator, _best_effort_json
+from sandbox.zeyi.simulator import ZeyiSimulator, best_effort_json, code_of
 
 JSON_TYPE = "application/json;charset=utf-8"
 TRICKLE_CHUNK_BYTES = 8
@@ -110,9 +110,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.mode in INSTEAD_OF_ZEYI:
             entry = {"kind": kind, "path": path, "clientIp": self.client_address[0],
                      "headers": headers, "body": raw.decode("utf-8", errors="replace"),
-                     "json": _best_effort_json(raw), "verdict": f"fault:{fault.mode}"}
+                     "json": best_effort_json(raw), "verdict": f"fault:{fault.mode}"}
             simulator.log_request(entry)
-            simulator.say(f"{kind} {simulator._code_of(entry)} → fault {fault.mode}")  # noqa: SLF001
+            simulator.say(f"{kind} {code_of(entry)} → fault {fault.mode}")
             self._fault_reply(fault)
             return
         if fault is not None and fault.mode == "slow":
@@ -123,8 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
             entry["fault"] = fault.mode
         simulator.log_request(entry)
         if fault is not None and fault.mode == "accept_then_drop":
-            simulator.say(f"{kind} {simulator._code_of(entry)} → fault accept_then_drop:"  # noqa: SLF001
-                          " processed, answer dropped")
+            simulator.say(f"{kind} {code_of(entry)} → fault accept_then_drop: processed,"
+                          " answer dropped")
             self._drop()
         elif fault is not None and fault.mode == "trickle":
             self._trickle(inbox.as_json(answer), fault.seconds)

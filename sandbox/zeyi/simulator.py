@@ -4,6 +4,7 @@ inbox page read. HTTP lives in ``sandbox.zeyi.server``."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 import threading
 import time
@@ -34,14 +35,19 @@ from sandbox.zeyi_protocol import check_headers as check_security_headers
 _PRINT_LOCK = threading.Lock()
 
 
-def _best_effort_json(raw: bytes):
+def best_effort_json(raw: bytes):
     """The body parsed for the request log only (even when the request is refused)."""
-    import json
-
     try:
         return json.loads(raw)
     except ValueError:
         return None
+
+
+def code_of(entry: dict) -> str:
+    """The code a logged request was about, for a terminal line."""
+    body = entry.get("json")
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else "(no code)"
 
 
 class ZeyiSimulator:
@@ -142,7 +148,7 @@ class ZeyiSimulator:
         """Check and apply one send or cancel; returns (envelope, log entry)."""
         entry = {"kind": kind, "clientIp": client_ip, "headers": headers,
                  "body": raw.decode("utf-8", errors="replace"), "plaintext": None,
-                 "json": _best_effort_json(raw)}
+                 "json": best_effort_json(raw)}
         try:
             self._check_ip(client_ip)
             check_security_headers(self.config.outbound, headers, raw,
@@ -164,25 +170,19 @@ class ZeyiSimulator:
                 outcome = "OK: TERMINATED, terminate callback follows"
         except ProtocolError as error:
             entry["verdict"] = error.error_code
-            self.say(f"{kind} {self._code_of(entry)} → refused {error.error_code}:"
+            self.say(f"{kind} {code_of(entry)} → refused {error.error_code}:"
                      f" {error.message}")
             return envelope(success=False, error_code=error.error_code,
                             message=error.message), entry
         except BusinessRefusal as refusal:
             entry["verdict"] = refusal.error_code
-            self.say(f"{kind} {self._code_of(entry)} → refused {refusal.error_code}:"
+            self.say(f"{kind} {code_of(entry)} → refused {refusal.error_code}:"
                      f" {refusal.message}")
             return envelope(success=False, business=True, error_code=refusal.error_code,
                             message=refusal.message), entry
         entry["verdict"] = "OK"
         self.say(f"{kind} {body['code']} → {outcome}")
         return envelope(result=None), entry  # Zeyi answers a send or cancel with result null
-
-    @staticmethod
-    def _code_of(entry: dict) -> str:
-        body = entry.get("json")
-        code = body.get("code") if isinstance(body, dict) else None
-        return code if isinstance(code, str) else "(no code)"
 
     def _check_ip(self, client_ip: str) -> None:
         if not self.config.ip_whitelist:
