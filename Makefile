@@ -30,5 +30,6 @@ demo: $(STAMP)
 package: $(STAMP)
 	$(PY) -m ops.package --stage $(if $(STAGE),$(STAGE),dev)
 
+# Everything make creates: the venv, tool caches, the sandbox's logs, packages and test artifacts.
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .sandbox build

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -190,11 +191,12 @@ def main() -> int:
     demo = Demo(gateway=f"http://127.0.0.1:{ports[GATEWAY_PORT_ENV]}",
                 zeyi=f"http://127.0.0.1:{ports[ZEYI_PORT_ENV]}",
                 out=lambda line: print(line, flush=True))
-    for name, url, probe in (("gateway", demo.gateway, "/auth/token"),
-                             ("Zeyi simulator", demo.zeyi, "/_control/health")):
+    # A bare connection, not an HTTP request: the gateway's terminal shows requests people make.
+    for name, url, port in (("gateway", demo.gateway, ports[GATEWAY_PORT_ENV]),
+                            ("Zeyi simulator", demo.zeyi, ports[ZEYI_PORT_ENV])):
         try:
-            requests.get(url + probe, timeout=3)
-        except requests.RequestException:
+            socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        except OSError:
             print(f"demo: the {name} does not answer on {url}. Start the sandbox first with"
                   " `make run` (with the same SANDBOX_*_PORT variables), then run `make demo`"
                   " in another terminal.", file=sys.stderr)

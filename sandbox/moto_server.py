@@ -23,7 +23,10 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from werkzeug import serving as werkzeug_serving
 from werkzeug.serving import run_simple
+
+from sandbox.lifeline import die_with_parent
 
 
 def install_cheap_transaction_snapshots() -> None:
@@ -105,6 +108,7 @@ class SerializedApp:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m sandbox.moto_server")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000)
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         install_cheap_transaction_snapshots()
     except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
+    # The log is a file: werkzeug's ANSI colours would only clutter it.
+    werkzeug_serving._log_add_style = False
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, SerializedApp(app), threaded=True,
                request_handler=MotoRequestHandler)

@@ -1,35 +1,50 @@
 """``make run``: the whole gateway on this machine, with no AWS account and no Zeyi.
 
 Starts moto server (DynamoDB + Secrets Manager), creates the local stage's tables and secrets
-with ``ops.bootstrap`` (the deploy path's own code), starts the Zeyi simulator, then the gateway
-with ``chalice local --stage local``. Ctrl-C or SIGTERM stops all three. See docs/sandbox.md.
+with ``ops.bootstrap`` (the deploy path's own code), starts the Zeyi simulator with its inbox
+page, then the gateway (Chalice's local server, stage ``local``). Ctrl-C or SIGTERM stops all
+three; killed outright, the three die with it. See docs/sandbox.md.
 
 Ports: SANDBOX_GATEWAY_PORT (8000), SANDBOX_ZEYI_PORT (8001), SANDBOX_AWS_PORT (5000).
 SANDBOX_AUTO_DECIDE=agree|refuse|terminate|by-suffix makes the simulator decide by itself.
 SANDBOX_ENCRYPT=true encrypts both directions (the gateway's ZEYI_ENCRYPT and CALLBACK_ENCRYPTED).
+SANDBOX_VERBOSE=true makes the simulator print every HTTP request it serves.
+SANDBOX_LOG_DIR (.sandbox/logs) is where the gateway's JSON log and moto's log go.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from sandbox.stack import (
     AWS_PORT_ENV,
     DEFAULT_LOG_DIR,
     GATEWAY_PORT_ENV,
+    PROJECT_DIR,
     ZEYI_PORT_ENV,
+    PortsBusyError,
     SandboxStack,
     StackError,
+    port_is_free,
     ports_from_env,
 )
 
 AUTO_DECIDE_ENV = "SANDBOX_AUTO_DECIDE"
 ENCRYPT_ENV = "SANDBOX_ENCRYPT"
+VERBOSE_ENV = "SANDBOX_VERBOSE"
+LOG_DIR_ENV = "SANDBOX_LOG_DIR"
+STOP_WAIT_SECONDS = 10.0
 SAMPLE_SEND = ('{"code":"HT-1","auditType":"CONTRACT","originatorUsername":"E1001",'
-               '"orgCode":"ORG-1","auditFormList":[{"type":"text","key":"amount",'
+               '"orgCode":"ORG-1","auditFormList":[{"type":"text","key":"金额",'
                '"value":"100.00"}]}')
+
+
+def _on(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def build_stack(environ=os.environ) -> SandboxStack:
@@ -39,39 +54,74 @@ def build_stack(environ=os.environ) -> SandboxStack:
     rule = environ.get(AUTO_DECIDE_ENV, "").strip()
     if rule:
         simulator_args += ["--auto-decide", rule]
+    if _on(environ.get(VERBOSE_ENV)):
+        simulator_args.append("--verbose")
     gateway_env = {}
-    if environ.get(ENCRYPT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+    if _on(environ.get(ENCRYPT_ENV)):
         simulator_args += ["--encrypt-requests", "--encrypt-callbacks"]
         gateway_env = {"ZEYI_ENCRYPT": "true", "CALLBACK_ENCRYPTED": "true"}
+    log_dir = Path(environ.get(LOG_DIR_ENV, "").strip() or DEFAULT_LOG_DIR)
     return SandboxStack(gateway_port=ports[GATEWAY_PORT_ENV], zeyi_port=ports[ZEYI_PORT_ENV],
-                        aws_port=ports[AWS_PORT_ENV], log_dir=None,
+                        aws_port=ports[AWS_PORT_ENV], log_dir=None, terminal_log_dir=log_dir,
                         simulator_args=simulator_args, gateway_env=gateway_env,
                         progress=lambda line: print(line, flush=True))
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_DIR)) if path.is_relative_to(PROJECT_DIR) else str(path)
+
+
 def banner(stack: SandboxStack) -> str:
     g, z = stack.gateway_url, stack.zeyi_url
+    logs = _shown(stack.terminal_log_dir)
     custom = [f"{name}={port}" for name, port, default in (
         (GATEWAY_PORT_ENV, stack.gateway_port, 8000), (ZEYI_PORT_ENV, stack.zeyi_port, 8001),
         (AWS_PORT_ENV, stack.aws_port, 5000)) if port != default]
     demo = " ".join([*custom, "make demo"])
     return f"""
 Sandbox is up:
-  gateway         {g}   chalice local, stage local (internal routes need no auth here)
-  Zeyi simulator  {z}   control API under {z}/_control/
-  AWS (moto)      {stack.aws_url}   DynamoDB + Secrets Manager; log in {DEFAULT_LOG_DIR}/moto.log
+  gateway         {g}   the app, stage local (internal routes need no auth here)
+  approver inbox  {z}/  open it in a browser: agree, refuse, terminate, watch callbacks
+  Zeyi simulator  {z}   Zeyi's API, and its control API under {z}/_control/
+  AWS (moto)      {stack.aws_url}   DynamoDB + Secrets Manager
+  logs            {logs}/gateway.log (the gateway's JSON log), {logs}/moto.log
 
 Try, in another terminal:
   {demo}
 or by hand:
   curl -s -X POST {g}/audit/send -H 'Content-Type: application/json' -d '{SAMPLE_SEND}'
-  curl -s {g}/audit/HT-1
-  curl -s -X POST {z}/_control/approvals/HT-1/agree     # Zeyi agrees; it calls the gateway back
-  curl -s {g}/audit/HT-1                                # now AGREED
-  curl -s {z}/_control/requests                         # what the gateway sent to Zeyi
+  curl -s {g}/audit/HT-1                                 # PENDING
+  curl -s -X POST '{z}/_control/approvals/HT-1/agree?waitSeconds=10'
+                     # Zeyi agrees, and answers once its callback has reached the gateway
+  curl -s {g}/audit/HT-1                                 # AGREED
+  curl -s {z}/_control/requests                          # what the gateway sent to Zeyi
 
-docs/sandbox.md explains the rest. Ctrl-C stops all three processes.
+Below: one line per request to the gateway ([gateway]), and per Zeyi call, decision and
+callback try ([zeyi]). docs/sandbox.md explains the rest. Ctrl-C stops all three processes.
 """
+
+
+def _offer_to_stop(error: PortsBusyError) -> bool:
+    """At a terminal, offer to stop an earlier sandbox of this project that holds the ports;
+    True when it was stopped and the ports are free."""
+    ours = sorted({holder.pid for holder in error.holders if holder.ours})
+    if not ours or not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"sandbox: stop the earlier sandbox (PIDs {' '.join(map(str, ours))})"
+                       " now? [y/N] ")
+    except EOFError:
+        return False
+    if answer.strip().lower() not in {"y", "yes"}:
+        return False
+    for pid in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while time.monotonic() < deadline and not all(map(port_is_free, error.ports)):
+        time.sleep(0.2)
+    return all(map(port_is_free, error.ports))
 
 
 def main() -> int:
@@ -88,7 +138,13 @@ def main() -> int:
         return 2
     try:
         try:
-            stack.start()
+            try:
+                stack.start()
+            except PortsBusyError as error:
+                print(f"sandbox: {error}", file=sys.stderr, flush=True)
+                if not _offer_to_stop(error):
+                    return 1
+                stack.start()
         except StackError as error:
             print(f"sandbox: {error}", file=sys.stderr)
             return 1

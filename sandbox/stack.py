@@ -2,7 +2,8 @@
 
 ``sandbox.run`` (``make run``) and the end-to-end tests both use ``SandboxStack``, so the tests
 exercise exactly what a developer runs. Each process gets its own process group, so stopping one
-also stops whatever it spawned, and nothing is left behind.
+also stops whatever it spawned, and nothing is left behind; each also dies with the process that
+started it, even one killed with SIGKILL (``sandbox.lifeline``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandbox.lifeline import PARENT_PID_ENV
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CREDENTIALS_PATH = Path(__file__).with_name("credentials.json")
@@ -67,6 +70,16 @@ def ports_from_env(environ=os.environ) -> dict[str, int]:
     return ports
 
 
+def _tcp_answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts connections on host:port. Used for the gateway, which binds only once
+    its app is loaded: an HTTP probe would put a 405 line on the terminal at every start."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _http_answers(url: str, method: str = "GET") -> bool:
     request = urllib.request.Request(url, method=method)
     try:
@@ -79,29 +92,47 @@ def _http_answers(url: str, method: str = "GET") -> bool:
 
 
 class ManagedProcess:
-    """One child process in its own process group, with a readiness probe."""
+    """One child process in its own process group, with a readiness probe.
 
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], ready_url: str,
-                 log_path: Path | None, cwd: Path = PROJECT_DIR):
+    Output: with ``log_path`` and ``stderr_to_terminal`` off, everything goes to the file; with
+    ``stderr_to_terminal``, stdout goes to the file and stderr to this terminal; without
+    ``log_path``, both go to this terminal. The child gets ``SANDBOX_PARENT_PID`` and dies with
+    this process (``sandbox.lifeline``).
+    """
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str],
+                 ready_url: str | None = None, ready_port: int | None = None,
+                 log_path: Path | None, stderr_to_terminal: bool = False,
+                 fresh_log: bool = False, cwd: Path = PROJECT_DIR):
         self.name = name
         self.argv = argv
-        self.env = env
+        self.env = dict(env, **{PARENT_PID_ENV: str(os.getpid())})
         self.ready_url = ready_url
+        self.ready_port = ready_port
         self.log_path = log_path
+        self.stderr_to_terminal = stderr_to_terminal
+        self.fresh_log = fresh_log
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
         self._log_file = None
 
+    def _ready(self) -> bool:
+        if self.ready_port is not None:
+            return _tcp_answers(self.ready_port)
+        return _http_answers(self.ready_url)
+
     def start(self, timeout_seconds: float = READY_TIMEOUT_SECONDS) -> ManagedProcess:
-        """Start the process and wait until it answers HTTP. Raises StackError otherwise."""
+        """Start the process and wait until it answers. Raises StackError otherwise."""
         output = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            # A new run starts a new log; a restart within a run (the e2e tests) appends.
+            self._log_file = open(self.log_path, "wb" if self.fresh_log else "ab")  # noqa: SIM115 - closed in stop()
             output = self._log_file
+        errors = None if self.stderr_to_terminal else (subprocess.STDOUT if output else None)
         self.process = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=output,
-                                        stderr=subprocess.STDOUT if output else None,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stderr=errors, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -109,11 +140,12 @@ class ManagedProcess:
                 self.stop()
                 raise StackError(f"{self.name} exited with status {code} while starting"
                                  f"{self._log_hint()}")
-            if _http_answers(self.ready_url):
+            if self._ready():
                 return self
             time.sleep(0.1)
         self.stop()
-        raise StackError(f"{self.name} did not answer on {self.ready_url} within"
+        where = self.ready_url or f"port {self.ready_port}"
+        raise StackError(f"{self.name} did not answer on {where} within"
                          f" {timeout_seconds:.0f} s{self._log_hint()}")
 
     def _log_hint(self) -> str:
@@ -146,18 +178,72 @@ class ManagedProcess:
             self._log_file = None
 
 
+@dataclass(frozen=True)
+class PortHolder:
+    pid: int
+    command: str
+    ours: bool
+    """Started from this project's directory by the sandbox (an earlier ``make run``)."""
+
+
+def port_holders(port: int) -> list[PortHolder]:
+    """The processes listening on TCP ``port``, read from /proc (Linux). Empty elsewhere, or
+    when the holder belongs to a user whose processes this one cannot inspect."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl, local address:port (hex), remote, state (0A: LISTEN), …
+            if len(fields) > 9 and fields[3] == "0A" \
+                    and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = []
+    if not inodes:
+        return holders
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+            if not links & inodes:
+                continue
+            command = " ".join((entry / "cmdline").read_bytes().decode(
+                errors="replace").replace("\0", " ").split())
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        holders.append(PortHolder(int(entry.name), command,
+                                  ours=cwd == PROJECT_DIR and " sandbox." in f" {command}"))
+    return holders
+
+
+class PortsBusyError(StackError):
+    """Some of the sandbox's ports are taken; ``holders`` are the processes found on them."""
+
+    def __init__(self, message: str, ports: list[int], holders: list[PortHolder]):
+        super().__init__(message)
+        self.ports = ports
+        self.holders = holders
+
+
 @dataclass
 class SandboxStack:
-    """moto server + Zeyi simulator + ``chalice local``, on loopback ports of your choice.
+    """moto server + Zeyi simulator + the gateway (``sandbox.gateway``, Chalice's local server),
+    on loopback ports of your choice.
 
-    ``log_dir=None`` lets the simulator and the gateway write to this terminal (moto's request
-    log always goes to a file: it is noisy).
+    With ``log_dir`` (the tests) every process writes to ``log_dir/<name>.log``. Without it
+    (``make run``) the simulator and the gateway's one line per request go to this terminal, the
+    gateway's JSON logs and moto's request log to ``terminal_log_dir``, started afresh each run.
     """
 
     gateway_port: int = 8000
     zeyi_port: int = 8001
     aws_port: int = 5000
     log_dir: Path | None = None
+    terminal_log_dir: Path = DEFAULT_LOG_DIR
     credentials_path: Path = CREDENTIALS_PATH
     simulator_args: list[str] = field(default_factory=list)
     gateway_env: dict[str, str] = field(default_factory=dict)
@@ -169,6 +255,7 @@ class SandboxStack:
     """The environment the children start from, captured when the stack is made."""
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda line: None
+    _logs_started: set = field(default_factory=set)
 
     @property
     def gateway_url(self) -> str:
@@ -182,23 +269,50 @@ class SandboxStack:
     def aws_url(self) -> str:
         return f"http://127.0.0.1:{self.aws_port}"
 
-    def _log(self, name: str, *, always: bool = False) -> Path | None:
+    def _output(self, name: str) -> dict:
+        """Where process ``name`` writes: ManagedProcess's log_path, stderr_to_terminal and
+        fresh_log."""
         if self.log_dir is not None:
-            return self.log_dir / f"{name}.log"
-        return DEFAULT_LOG_DIR / f"{name}.log" if always else None
+            path, to_terminal = self.log_dir / f"{name}.log", False
+        elif name == "moto":
+            path, to_terminal = self.terminal_log_dir / "moto.log", False
+        elif name == "gateway":
+            path, to_terminal = self.terminal_log_dir / "gateway.log", True
+        else:
+            return {"log_path": None}
+        fresh = path not in self._logs_started
+        self._logs_started.add(path)
+        return {"log_path": path, "stderr_to_terminal": to_terminal, "fresh_log": fresh}
 
     def check_ports(self) -> None:
-        """Raises StackError naming the busy port and the variable that moves it."""
-        wanted = [(self.aws_port, AWS_PORT_ENV, "moto server (AWS emulator)"),
-                  (self.gateway_port, GATEWAY_PORT_ENV, "the gateway (chalice local)")]
+        """Raises PortsBusyError naming every busy port, what holds it, and the variables that
+        move them."""
+        wanted = [(self.aws_port, AWS_PORT_ENV, "moto server, the AWS emulator"),
+                  (self.gateway_port, GATEWAY_PORT_ENV, "the gateway")]
         if self.zeyi_url_override is None:
             wanted.append((self.zeyi_port, ZEYI_PORT_ENV, "the Zeyi simulator"))
+        lines, moves, busy, holders = [], [], [], []
         for port, env_name, what in wanted:
-            if not port_is_free(port):
-                raise StackError(
-                    f"port {port} on 127.0.0.1, wanted for {what}, is already in use. Stop"
-                    f" whatever uses it (is another sandbox running?) or choose another port,"
-                    f" e.g. {env_name}={port + 100} make run")
+            if port_is_free(port):
+                continue
+            found = port_holders(port)
+            busy.append(port)
+            holders += found
+            held = ", ".join(f"PID {h.pid} ({h.command[:80]})" for h in found) \
+                or "a process this user cannot inspect"
+            lines.append(f"  port {port}, wanted for {what} ({env_name}): held by {held}")
+            moves.append(f"{env_name}={port + 100}")
+        if not lines:
+            return
+        message = ["these ports on 127.0.0.1 are already in use:", *lines,
+                   f"Stop what holds them, or choose other ports, e.g. {' '.join(moves)} make run"]
+        ours = sorted({h.pid for h in holders if h.ours})
+        if ours:
+            pids = " ".join(map(str, ours))
+            message.append(f"{'PIDs' if len(ours) > 1 else 'PID'} {pids}"
+                           f" {'are' if len(ours) > 1 else 'is'} an earlier sandbox of this"
+                           f" project; stop {'them' if len(ours) > 1 else 'it'} with: kill {pids}")
+        raise PortsBusyError("\n".join(message), busy, holders)
 
     def start(self) -> SandboxStack:
         """Start all three, in order, each ready before the next. Raises StackError."""
@@ -222,7 +336,7 @@ class SandboxStack:
         self.processes["aws"] = ManagedProcess(
             "moto server", [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1",
                             "-p", str(self.aws_port)],
-            env=env, ready_url=f"{self.aws_url}/moto-api/", log_path=self._log("moto", always=True),
+            env=env, ready_url=f"{self.aws_url}/moto-api/", **self._output("moto"),
         ).start()
 
     def stage_environment(self) -> dict[str, str]:
@@ -253,12 +367,12 @@ class SandboxStack:
 
     def start_simulator(self) -> None:
         self.progress(f"starting the Zeyi simulator on {self.zeyi_url}")
-        argv = [sys.executable, "-m", "sandbox.zeyi_simulator", "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "sandbox.zeyi", "--host", "127.0.0.1",
                 "--port", str(self.zeyi_port), "--gateway-url", self.gateway_url,
                 "--credentials", str(self.credentials_path), *self.simulator_args]
         self.processes["zeyi"] = ManagedProcess(
             "Zeyi simulator", argv, env=dict(self.base_env, PYTHONUNBUFFERED="1"),
-            ready_url=f"{self.zeyi_url}/_control/health", log_path=self._log("zeyi-simulator"),
+            ready_url=f"{self.zeyi_url}/_control/health", **self._output("zeyi-simulator"),
         ).start()
 
     def gateway_environment(self) -> dict[str, str]:
@@ -275,14 +389,13 @@ class SandboxStack:
         return env
 
     def start_gateway(self) -> None:
-        self.progress(f"starting the gateway (chalice local --stage {STAGE}) on"
+        self.progress(f"starting the gateway (Chalice's local server, stage {STAGE}) on"
                       f" {self.gateway_url}")
-        chalice = Path(sys.executable).with_name("chalice")
-        argv = [str(chalice) if chalice.exists() else "chalice", "local", "--stage", STAGE,
-                "--host", "127.0.0.1", "--port", str(self.gateway_port), "--no-autoreload"]
+        argv = [sys.executable, "-m", "sandbox.gateway", "--stage", STAGE, "--host", "127.0.0.1",
+                "--port", str(self.gateway_port)]
         self.processes["gateway"] = ManagedProcess(
-            "the gateway (chalice local)", argv, env=self.gateway_environment(),
-            ready_url=f"{self.gateway_url}/auth/token", log_path=self._log("gateway"),
+            "the gateway", argv, env=self.gateway_environment(), ready_port=self.gateway_port,
+            **self._output("gateway"),
         ).start()
 
     def stop_gateway(self) -> None:

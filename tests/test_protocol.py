@@ -21,8 +21,8 @@ from chalicelib.errors import (
     TimestampOutOfWindowError,
 )
 
-VECTORS = json.loads((pathlib.Path(__file__).resolve().parents[2] / "shared" / "testdata"
-                      / "zeyi_sdk_vectors.json").read_text(encoding="utf-8"))
+VECTORS = json.loads((pathlib.Path(__file__).resolve().parent / "data" / "zeyi_sdk_vectors.json")
+                     .read_text(encoding="utf-8"))
 NOW = 1764057600.0
 KEY = b"5f1c9a2b7e3d4c6a8b0e1f2a3c4d5e6f"
 IV = b"0102030405060708"

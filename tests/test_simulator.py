@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -19,16 +20,15 @@ from Crypto.Cipher import AES
 from Crypto.Util.Padding import pad, unpad
 
 from sandbox import zeyi_protocol
+from sandbox.zeyi import SimulatorConfig, ZeyiSimulator, load_credentials
 from sandbox.zeyi_protocol import Credential
-from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator, load_credentials
 
 OUT = Credential("zeyi-out-key", "0123456789abcdef0123456789abcdef", "0102030405060708")
 IN = Credential("jinrun-in-key", "fedcba9876543210fedcba9876543210", "0102030405060708")
 SEND = "/tms-service-api/audit/send"
 CANCEL = "/tms-service-api/audit/cancel"
-VECTORS = json.loads((Path(__file__).resolve().parents[2] / "shared" / "testdata"
-                      / "zeyi_sdk_vectors.json").read_text(encoding="utf-8")) \
-    if (Path(__file__).resolve().parents[2] / "shared" / "testdata").exists() else None
+VECTORS = json.loads((Path(__file__).resolve().parent / "data" / "zeyi_sdk_vectors.json")
+                     .read_text(encoding="utf-8"))
 
 
 def md5_sign(credential: Credential, timestamp: str, nonce: str, body: bytes) -> str:
@@ -89,6 +89,13 @@ class FakeGateway:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                gateway.received.append({"path": self.path, "headers": dict(self.headers.items()),
+                                         "raw": b""})
+                self._answer(200, {"success": True, "businessException": False,
+                                   "errorCode": None, "message": None,
+                                   "result": {"code": "X", "status": "PENDING", "attempts": []}})
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -548,7 +555,6 @@ def test_unknown_routes(make_simulator):
 
 # ----- the protocol module against Zeyi's own SDK vectors -----------------------------------
 
-@pytest.mark.skipif(VECTORS is None, reason="shared test vectors not present")
 def test_protocol_module_matches_the_sdk_vectors():
     for vector in VECTORS["sign"]:
         assert zeyi_protocol.sign(vector["appKey"], vector["appSecret"], vector["timestamp"],
@@ -564,7 +570,7 @@ def test_protocol_module_matches_the_sdk_vectors():
 
 
 def test_simulator_is_independent_of_the_gateway_code():
-    code = ("import sys, sandbox.zeyi_simulator;"
+    code = ("import sys, sandbox.zeyi, sandbox.zeyi.cli, sandbox.zeyi.server;"
             "sys.exit(1 if any(m.split('.')[0] == 'chalicelib' for m in sys.modules) else 0)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    cwd=Path(__file__).resolve().parents[1])
@@ -578,3 +584,236 @@ def test_sandbox_credentials_are_usable_aes_material():
     raw = json.loads((Path(__file__).resolve().parents[1] / "sandbox" / "credentials.json")
                      .read_text(encoding="utf-8"))
     assert "TEST-ONLY" in raw["_comment"]
+
+
+# ----- one instance among several, and terminate after the end -------------------------------
+
+def test_a_decision_can_name_an_earlier_instance_by_business_id(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url)
+    call(simulator.url, SEND, send_body())
+    first = control(simulator, "POST", "approvals/HT-1/refuse?waitSeconds=10").json()
+    call(simulator.url, SEND, send_body())
+    second = control(simulator, "GET", "approvals/HT-1").json()
+    assert second["businessId"] != first["businessId"] and second["status"] == "PENDING"
+
+    # The old, REFUSED instance is revoked in DingTalk: Zeyi reports terminate for it...
+    revoked = control(simulator, "POST", "approvals/HT-1/terminate?waitSeconds=10",
+                      {"businessId": first["businessId"], "auditUser": "李四", "remark": "作废"})
+    assert revoked.status_code == 200, revoked.text
+    answer = revoked.json()
+    assert answer["businessId"] == first["businessId"]
+    assert answer["status"] == "REFUSED"  # Zeyi keeps its decision
+    assert answer["decision"]["action"] == "refuse"
+    assert [r["auditUser"] for r in answer["revocations"]] == ["李四"]
+    assert [d["status"] for d in answer["callbacks"]] == ["delivered", "delivered"]
+    last = json.loads(gateway.callbacks()[-1]["raw"])
+    assert last == {"code": "HT-1", "auditType": "CONTRACT", "businessId": first["businessId"],
+                    "type": "terminate", "auditUser": "李四", "remark": "作废"}
+    # ...and the current instance is untouched.
+    assert control(simulator, "GET", "approvals/HT-1").json()["status"] == "PENDING"
+    earlier = control(simulator, "GET",
+                      f"approvals/HT-1?businessId={first['businessId']}").json()
+    assert earlier["current"] is False and earlier["status"] == "REFUSED"
+
+
+def test_terminate_after_agree_on_the_current_instance(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url)
+    call(simulator.url, SEND, send_body())
+    control(simulator, "POST", "approvals/HT-1/agree?waitSeconds=10")
+    answer = control(simulator, "POST", "approvals/HT-1/terminate?waitSeconds=10").json()
+    assert answer["status"] == "AGREED"
+    assert [json.loads(c["raw"])["type"] for c in gateway.callbacks()] == ["finish", "terminate"]
+    # AGREED still blocks a new send at Zeyi: the decision did not change.
+    assert_refused(call(simulator.url, SEND, send_body()), "APPROVAL_ACTIVE", business=True)
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    ("agree", "refuse"), ("refuse", "agree"), ("terminate", "terminate"), ("terminate", "agree")])
+def test_decisions_an_ended_instance_cannot_take(make_simulator, first, then):
+    simulator = make_simulator()
+    call(simulator.url, SEND, send_body())
+    control(simulator, "POST", f"approvals/HT-1/{first}")
+    refused = control(simulator, "POST", f"approvals/HT-1/{then}")
+    assert refused.status_code == 409
+    assert refused.json()["errorCode"] == "APPROVAL_NOT_PENDING"
+    approval = control(simulator, "GET", "approvals/HT-1").json()
+    assert approval["revocations"] == [] and len(approval["callbacks"]) == 1
+
+
+def test_an_unknown_business_id_is_404_and_a_bad_one_400(make_simulator):
+    simulator = make_simulator()
+    call(simulator.url, SEND, send_body())
+    for action in ("agree", "terminate", "redeliver"):
+        missing = control(simulator, "POST", f"approvals/HT-1/{action}",
+                          {"businessId": "proc-nope"})
+        assert missing.status_code == 404, action
+        assert "proc-nope" in missing.json()["error"]
+    assert control(simulator, "POST", "approvals/HT-1/agree",
+                   {"businessId": 7}).status_code == 400
+    assert control(simulator, "GET", "approvals/HT-1?businessId=proc-nope").status_code == 404
+    assert control(simulator, "GET", "approvals/HT-1").json()["status"] == "PENDING"
+
+
+def test_redeliver_a_named_instance(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url)
+    call(simulator.url, SEND, send_body())
+    first = control(simulator, "POST", "approvals/HT-1/refuse?waitSeconds=10").json()
+    call(simulator.url, SEND, send_body())
+    control(simulator, "POST", "approvals/HT-1/agree?waitSeconds=10")
+    again = control(simulator, "POST", "approvals/HT-1/redeliver?waitSeconds=10",
+                    {"businessId": first["businessId"]})
+    assert again.status_code == 200
+    bodies = [json.loads(c["raw"]) for c in gateway.callbacks()]
+    assert [(b["businessId"], b.get("result")) for b in bodies] == [
+        (first["businessId"], "refuse"), (bodies[1]["businessId"], "agree"),
+        (first["businessId"], "refuse")]
+
+
+# ----- more faults --------------------------------------------------------------------------
+
+def test_fault_system_error_creates_nothing(make_simulator):
+    simulator = make_simulator()
+    control(simulator, "POST", "faults", {"path": "send", "mode": "system_error"})
+    assert_refused(call(simulator.url, SEND, send_body()), "SYSTEM_ERROR", business=False)
+    assert control(simulator, "GET", "approvals/HT-1").status_code == 404
+    (logged,) = control(simulator, "GET", "requests").json()["requests"]
+    assert logged["verdict"] == "fault:system_error"
+
+
+@pytest.mark.parametrize("path", ["send", "cancel"])
+def test_fault_accept_then_drop_applies_the_call_and_loses_the_answer(make_simulator, path):
+    simulator = make_simulator()
+    if path == "cancel":
+        call(simulator.url, SEND, send_body())
+    control(simulator, "POST", "faults", {"path": path, "mode": "accept_then_drop"})
+    with pytest.raises(requests.ConnectionError):
+        call(simulator.url, SEND if path == "send" else CANCEL,
+             send_body() if path == "send" else cancel_body())
+    status = control(simulator, "GET", "approvals/HT-1").json()["status"]
+    assert status == ("PENDING" if path == "send" else "TERMINATED")
+    logged = control(simulator, "GET", f"requests?path={path}").json()["requests"][-1]
+    assert (logged["verdict"], logged["fault"]) == ("OK", "accept_then_drop")
+
+
+def test_fault_trickle_answers_slowly_but_completely(make_simulator):
+    simulator = make_simulator()
+    control(simulator, "POST", "faults", {"path": "send", "mode": "trickle", "seconds": 1.5,
+                                          "count": 2})
+    # Every read gets bytes well within 0.5 s, so a per-read timeout never fires...
+    started = time.monotonic()
+    response = call(simulator.url, SEND, send_body())
+    assert time.monotonic() - started >= 1.4
+    assert response.json() == {"success": True, "businessException": False, "errorCode": None,
+                               "message": None, "result": None}
+    assert control(simulator, "GET", "approvals/HT-1").json()["status"] == "PENDING"
+    # ...while a client with a total deadline gives up, though Zeyi already acted.
+    raw = json.dumps(send_body("HT-2")).encode()
+    timestamp, nonce = str(int(time.time() * 1000)), fresh_nonce()
+    with socket.create_connection(("127.0.0.1", simulator.port), timeout=0.5) as sock:
+        sock.sendall(b"POST " + SEND.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                     + str(len(raw)).encode() + b"\r\nappKey: " + OUT.app_key.encode()
+                     + b"\r\ntimestamp: " + timestamp.encode() + b"\r\nnonce: " + nonce.encode()
+                     + b"\r\nsign: " + md5_sign(OUT, timestamp, nonce, raw).encode()
+                     + b"\r\n\r\n" + raw)
+        received, reads, deadline = b"", 0, time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            chunk = sock.recv(64)  # each read waits at most 0.5 s
+            if not chunk:
+                break
+            received += chunk
+            reads += 1
+    assert received.startswith(b"HTTP/1.1 200") and reads >= 2
+    assert b'"success"' not in received  # the body had not arrived by the deadline
+    assert control(simulator, "GET", "approvals/HT-2").json()["status"] == "PENDING"
+
+
+def test_every_fault_mode_is_documented():
+    from sandbox.zeyi.model import FAULT_MODES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sandbox.md").read_text(encoding="utf-8")
+    assert sorted(FAULT_MODES) == sorted(
+        {"slow", "status503", "not_json", "refuse", "system_error", "drop", "accept_then_drop",
+         "trickle"})
+    for mode in FAULT_MODES:
+        assert f"`{mode}`" in doc, mode
+
+
+# ----- what a person at the terminal sees ---------------------------------------------------
+
+def test_one_readable_line_per_call_decision_and_callback_try(make_simulator, capsys):
+    gateway = FakeGateway(callback_statuses=[503])
+    try:
+        simulator = make_simulator(gateway_url=gateway.url, echo=True)
+        call(simulator.url, SEND, send_body())
+        assert_refused(call(simulator.url, SEND, send_body()), "APPROVAL_ACTIVE", business=True)
+        control(simulator, "POST", "approvals/HT-1/agree?waitSeconds=10",
+                {"auditUser": "王经理", "remark": "同意"})
+    finally:
+        gateway.stop()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[zeyi]") and "send HT-1 → OK: PENDING as proc-" in lines[0]
+    assert "send HT-1 → refused APPROVAL_ACTIVE" in lines[1]
+    assert "agree HT-1" in lines[2] and "AGREED by 王经理: 同意" in lines[2]
+    tries = [line for line in lines if "callback HT-1 finish/agree" in line]
+    assert len(tries) == 2
+    assert "try 1/8 → HTTP 503 BOOM" in tries[0] and "retrying" in tries[0]
+    assert "try 2/8 → HTTP 200 success" in tries[1] and tries[1].endswith("(delivered)")
+
+
+def test_quiet_by_default_in_process(make_simulator, gateway, capsys):
+    simulator = make_simulator(gateway_url=gateway.url)
+    call(simulator.url, SEND, send_body())
+    control(simulator, "POST", "approvals/HT-1/agree?waitSeconds=10")
+    assert capsys.readouterr().out == ""
+
+
+# ----- the inbox page -----------------------------------------------------------------------
+
+def test_the_inbox_page_is_served_at_the_root(make_simulator):
+    simulator = make_simulator()
+    response = requests.get(simulator.url + "/", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert response.headers["Cache-Control"] == "no-store"
+    page = response.text
+    assert "<script>" in page and "/_control/approvals?history=1" in page
+    assert "/_inbox/gateway/" in page
+    assert "innerHTML" not in page  # every value is set as text
+
+
+def test_the_inbox_reads_the_gateways_view_through_the_simulator(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url)
+    view = requests.get(simulator.url + "/_inbox/gateway/HT%2F1%20x", timeout=10).json()
+    assert view["httpStatus"] == 200 and view["body"]["result"]["status"] == "PENDING"
+    (asked,) = [r for r in gateway.received if r["path"].startswith("/audit/")]
+    assert asked["path"] == "/audit/HT%2F1%20x"  # the code stays one path segment
+    assert asked["headers"]["X-Sandbox-Quiet"] == "inbox"
+    nowhere = make_simulator()
+    assert "without --gateway-url" in requests.get(
+        nowhere.url + "/_inbox/gateway/HT-1", timeout=10).json()["error"]
+    down = FakeGateway()
+    down.stop()
+    unreachable = make_simulator(gateway_url=down.url)
+    assert "did not answer" in requests.get(
+        unreachable.url + "/_inbox/gateway/HT-1", timeout=10).json()["error"]
+
+
+def test_control_posts_from_another_site_are_refused(make_simulator):
+    simulator = make_simulator()
+    call(simulator.url, SEND, send_body())
+    foreign = requests.post(f"{simulator.url}/_control/approvals/HT-1/agree", timeout=10,
+                            headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    assert requests.post(f"{simulator.url}/_control/faults", timeout=10,
+                         json={"path": "send", "mode": "drop"},
+                         headers={"Origin": "http://127.0.0.1:1"}).status_code == 403
+    assert control(simulator, "GET", "faults").json() == {"faults": []}
+    assert control(simulator, "GET", "approvals/HT-1").json()["status"] == "PENDING"
+    own = requests.post(f"{simulator.url}/_control/approvals/HT-1/agree", timeout=10,
+                        headers={"Origin": simulator.url})
+    assert own.status_code == 200 and own.json()["status"] == "AGREED"
+
+
+def test_health_names_the_gateway(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url)
+    assert control(simulator, "GET", "health").json()["gatewayUrl"] == gateway.url

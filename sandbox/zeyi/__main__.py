@@ -1,0 +1,5 @@
+import sys
+
+from sandbox.zeyi.cli import main
+
+sys.exit(main())
