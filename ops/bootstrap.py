@@ -61,8 +61,11 @@ def _secret_exists(secrets_client, secret_id: str) -> bool:
     return _secret_description(secrets_client, secret_id) is not None
 
 
-def _reconcile_secret(secrets_client, secret_id: str, description: dict,
-                      tags: dict[str, str]) -> list[str]:
+def reconcile_secret(secrets_client, secret_id: str, tags: dict[str, str],
+                     description: dict | None = None) -> list[str]:
+    """Give an existing secret its tags and the resource policy that denies deleting it; return
+    what changed."""
+    description = description or secrets_client.describe_secret(SecretId=secret_id)
     changes = []
     raw_policy = secrets_client.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
     policy = json.loads(raw_policy) if raw_policy else {"Version": "2012-10-17", "Statement": []}
@@ -107,7 +110,7 @@ def reconcile(dynamodb_client, secrets_client, *, approvals_table: str, nonces_t
                 pass  # created concurrently: still never overwritten
             description = _secret_description(secrets_client, secret_id)
         if description is not None:
-            report.changes += _reconcile_secret(secrets_client, secret_id, description, tags)
+            report.changes += reconcile_secret(secrets_client, secret_id, tags, description)
     return report
 
 
