@@ -106,14 +106,18 @@ def _sizes(result: PackageResult) -> str:
     return ", ".join(f"{name} {_mb(size)}" for name, size in result.zips.items())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ops.package", description=__doc__.split(
         "\n\n")[0])
     parser.add_argument("--stage", default="dev")
     parser.add_argument("--out", help="output directory (default build/<stage>)")
     parser.add_argument("--merge-template", help="e.g. infra/resources.yaml")
     parser.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_BYTES / 1024 / 1024)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     out_dir = Path(args.out) if args.out else PROJECT_DIR / "build" / args.stage
     try:
         result = package(args.stage, out_dir,

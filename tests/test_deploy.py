@@ -619,7 +619,12 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
     functions = _functions(template)
     assert {"APIHandler", "SendApproval", "CancelApproval", "GetApproval"} <= functions.keys()
     env = stage_env(stage)
-    chalice_names = {stage_of(stage).function_name(fn): fn for fn in FUNCTIONS}
+    from chalice.utils import to_cfn_resource_name
+
+    # chalice names each function's resource after it, the API handler's "APIHandler".
+    chalice_names = {to_cfn_resource_name(fn): fn for fn in FUNCTIONS if fn != API_HANDLER}
+    chalice_names["APIHandler"] = API_HANDLER
+    assert chalice_names.keys() == functions.keys()
     for name, function in functions.items():
         properties = function["Properties"]
         assert re.fullmatch(r"python3\.\d+", properties["Runtime"])
@@ -631,7 +636,7 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         assert properties["Environment"]["Variables"] == env
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]
         documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
-        own = load_policy(policy_file(stage, chalice_names[properties["FunctionName"]]))
+        own = load_policy(policy_file(stage, chalice_names[name]))
         assert documents == [own], f"{name} runs with another function's policy"
     roles = {f["Properties"]["Role"]["Fn::GetAtt"][0] for f in functions.values()}
     assert len(roles) == len(functions), "every function has a role of its own"
