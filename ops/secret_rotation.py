@@ -83,14 +83,15 @@ def _read_inbound(secrets_client, secret_id: str) -> list[dict] | None:
     return list(data["credentials"]) if "credentials" in data else [data]
 
 
-def _write_inbound(secrets_client, secret_id: str, credentials: list[dict], *,
-                   encrypted: bool) -> None:
+def _inbound_value(secret_id: str, credentials: list[dict], *, encrypted: bool) -> str:
+    """The secret's new JSON, checked with the gateway's own parser before anything is stored.
+    Raises ConfigError naming the problem (never a value)."""
     value = json.dumps({"credentials": credentials}, ensure_ascii=False)
-    parsed = parse_inbound(secret_id, value)  # the gateway's own check, before anything is stored
+    parsed = parse_inbound(secret_id, value)
     if encrypted:
         for credential in parsed.by_app_key.values():
             credential.codec()  # raises ConfigError: callbacks are encrypted and it has no iv
-    secrets_client.put_secret_value(SecretId=secret_id, SecretString=value)
+    return value
 
 
 def _new_app_key(stage: Stage, existing: set[str]) -> str:
@@ -131,20 +132,19 @@ def add_inbound_command(args) -> int:
             credential["legacySign"] = True
         credentials = [*(current or []), credential]
         try:
-            if current is None:
-                from ops.bootstrap import reconcile_secret
-
-                value = json.dumps({"credentials": credentials}, ensure_ascii=False)
-                parse_inbound(secret_id, value)
-                secrets_client.create_secret(
-                    Name=secret_id, SecretString=value,
-                    Description="Jinrun approval gateway credential (see docs/operations.md)",
-                    Tags=[{"Key": k, "Value": v} for k, v in stage.tags.items()])
-                reconcile_secret(secrets_client, secret_id, stage.tags)
-            else:
-                _write_inbound(secrets_client, secret_id, credentials, encrypted=encrypted)
+            value = _inbound_value(secret_id, credentials, encrypted=encrypted)
         except ConfigError as exc:
             raise OpsError(exc.message) from None
+        if current is None:
+            from ops.bootstrap import reconcile_secret
+
+            secrets_client.create_secret(
+                Name=secret_id, SecretString=value,
+                Description="Jinrun approval gateway credential (see docs/operations.md)",
+                Tags=[{"Key": k, "Value": v} for k, v in stage.tags.items()])
+            reconcile_secret(secrets_client, secret_id, stage.tags)
+        else:
+            secrets_client.put_secret_value(SecretId=secret_id, SecretString=value)
     cache = stage.seconds(settings.SECRETS_CACHE_SECONDS, 300)
     accepted = ", ".join(c["appKey"] for c in credentials)
     print(f"added inbound credential {app_key} to {secret_id}; it now accepts: {accepted}")
@@ -188,10 +188,11 @@ def retire_inbound_command(args) -> int:
                     "`secrets last-seen`), or pass --force")
         remaining = [c for c in current if c.get("appKey") != args.app_key]
         try:
-            _write_inbound(secrets_client, secret_id, remaining,
-                           encrypted=stage.flag(settings.CALLBACK_ENCRYPTED))
+            value = _inbound_value(secret_id, remaining,
+                                   encrypted=stage.flag(settings.CALLBACK_ENCRYPTED))
         except ConfigError as exc:
             raise OpsError(exc.message) from None
+        secrets_client.put_secret_value(SecretId=secret_id, SecretString=value)
     cache = stage.seconds(settings.SECRETS_CACHE_SECONDS, 300)
     print(f"retired {args.app_key} from {secret_id}; it now accepts: "
           f"{', '.join(c['appKey'] for c in remaining)}")
