@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(PY) -m sandbox.demo
 
 # Build the Lambda packages of a stage (STAGE=dev by default) into build/<stage>, print their
-# sizes, fail on a dependency chalice could not install or on more than 10 MB zipped.
+# sizes, fail on a dependency chalice could not install or on more than 10 MB zipped. Refuses a
+# deployed stage without VPC settings (python -m ops config fill-vpc) unless it opts out.
 package: $(STAMP)
 	$(PY) -m ops.package --stage $(if $(STAGE),$(STAGE),dev)
 

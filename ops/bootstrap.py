@@ -1,8 +1,12 @@
-"""Create what ``chalice deploy`` does not: the two DynamoDB tables and the three secrets.
+"""Create or complete what ``chalice deploy`` does not: the two DynamoDB tables and the three
+secrets of a stage, set up the way the gateway and the operators rely on.
 
-Idempotent: a second run creates nothing and says so. Existing secrets are never overwritten —
-rotating a credential is a manual, documented step (docs/operations.md). Secret values are never
-printed, logged or returned.
+It reconciles rather than skips: a table that exists gets whatever it lacks (point-in-time
+recovery, TTL on nonces, deletion protection, the approvals stream, tags), a secret that exists
+gets its tags and the resource policy that denies deleting it. So a half-finished run is finished
+by the next one. Idempotent: a run with nothing to do says ``nothing changed``. Existing secret
+values are never overwritten (rotation: ``python -m ops secrets ...``, docs/operations.md), and
+secret values are never printed, logged or returned.
 
 Usage::
 
@@ -10,9 +14,9 @@ Usage::
         --outbound-secret-file outbound.json --inbound-secret-file inbound.json \\
         --token-key generate
 
-Table names and secret ids come from ``.chalice/config.json`` for the stage. AWS credentials and
-region come from the usual boto3 chain (``AWS_PROFILE``, ``AWS_REGION``...); ``AWS_ENDPOINT_URL``
-points it at moto server in the sandbox.
+Table names, secret ids and tags come from ``.chalice/config.json`` for the stage. Credentials
+come from the usual chain (``AWS_PROFILE``...), the region from ``--region``, ``AWS_REGION`` or
+``AWS_DEFAULT_REGION``; ``AWS_ENDPOINT_URL`` points it at moto server in the sandbox.
 """
 from __future__ import annotations
 
@@ -21,68 +25,122 @@ import json
 import secrets as secrets_module
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chalicelib import settings
 from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import ConfigError
-from chalicelib.tables import ensure_tables
+from chalicelib.tables import reconcile_tables
+from ops.common import OpsError, aws_session, client, run
+from ops.stage_config import CONFIG_PATH, load_stage
 
-CONFIG_PATH = Path(__file__).resolve().parent.parent / ".chalice" / "config.json"
 GENERATE = "generate"
+SECRET_IDS = (settings.OUTBOUND_SECRET_ID, settings.INBOUND_SECRET_ID, settings.TOKEN_SECRET_ID)
+DENY_DELETION_SID = "DenySecretDeletion"
+DENY_DELETION = {
+    "Sid": DENY_DELETION_SID, "Effect": "Deny", "Principal": "*",
+    "Action": "secretsmanager:DeleteSecret", "Resource": "*",
+}
+
+
+@dataclass
+class Report:
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _secret_description(secrets_client, secret_id: str) -> dict | None:
+    try:
+        return secrets_client.describe_secret(SecretId=secret_id)
+    except secrets_client.exceptions.ResourceNotFoundException:
+        return None
 
 
 def _secret_exists(secrets_client, secret_id: str) -> bool:
-    try:
-        secrets_client.describe_secret(SecretId=secret_id)
-    except secrets_client.exceptions.ResourceNotFoundException:
-        return False
-    return True
+    return _secret_description(secrets_client, secret_id) is not None
+
+
+def reconcile_secret(secrets_client, secret_id: str, tags: dict[str, str],
+                     description: dict | None = None) -> list[str]:
+    """Give an existing secret its tags and the resource policy that denies deleting it; return
+    what changed."""
+    description = description or secrets_client.describe_secret(SecretId=secret_id)
+    changes = []
+    raw_policy = secrets_client.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
+    policy = json.loads(raw_policy) if raw_policy else {"Version": "2012-10-17", "Statement": []}
+    statements = policy.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not any(s.get("Sid") == DENY_DELETION_SID for s in statements):
+        policy["Statement"] = [*statements, DENY_DELETION]
+        secrets_client.put_resource_policy(SecretId=secret_id, ResourcePolicy=json.dumps(policy),
+                                           BlockPublicPolicy=True)
+        changes.append(f"secret {secret_id}: denied its deletion (resource policy "
+                       f"{DENY_DELETION_SID})")
+    current = {tag["Key"]: tag["Value"] for tag in description.get("Tags", [])}
+    missing = {key: value for key, value in tags.items() if current.get(key) != value}
+    if missing:
+        secrets_client.tag_resource(SecretId=secret_id, Tags=[
+            {"Key": key, "Value": value} for key, value in missing.items()])
+        changes.append(f"secret {secret_id}: tagged "
+                       + ", ".join(f"{key}={value}" for key, value in missing.items()))
+    return changes
+
+
+def reconcile(dynamodb_client, secrets_client, *, approvals_table: str, nonces_table: str,
+              secrets: dict[str, str], existing_secrets: tuple[str, ...] = (),
+              tags: dict[str, str] | None = None) -> Report:
+    """Create or complete both tables, create every secret in ``secrets`` (id -> JSON value)
+    that does not exist, and give every secret in ``secrets`` or ``existing_secrets`` that exists
+    its tags and deletion policy. Never overwrites a secret value, never returns one."""
+    tags = tags or {}
+    tables = reconcile_tables(dynamodb_client, approvals_table, nonces_table, tags=tags)
+    report = Report(list(tables.changes), list(tables.problems))
+    for secret_id in dict.fromkeys([*secrets, *existing_secrets]):
+        description = _secret_description(secrets_client, secret_id)
+        if description is None and secret_id in secrets:
+            try:
+                secrets_client.create_secret(
+                    Name=secret_id, SecretString=secrets[secret_id],
+                    Description="Jinrun approval gateway credential (see docs/operations.md)",
+                    Tags=[{"Key": key, "Value": value} for key, value in tags.items()])
+                report.changes.append(f"created secret {secret_id}")
+            except secrets_client.exceptions.ResourceExistsException:
+                pass  # created concurrently: still never overwritten
+            description = _secret_description(secrets_client, secret_id)
+        if description is not None:
+            report.changes += reconcile_secret(secrets_client, secret_id, tags, description)
+    return report
 
 
 def bootstrap(dynamodb_client, secrets_client, *, approvals_table: str, nonces_table: str,
-              secrets: dict[str, str]) -> list[str]:
-    """Create the two tables (via chalicelib.tables.ensure_tables) and every secret in `secrets`
-    (secret id -> JSON string value) that does not exist yet. Idempotent: returns human-readable
-    lines saying what it created, or that nothing changed. Never prints or returns secret values."""
-    lines = []
-    for name in ensure_tables(dynamodb_client, approvals_table, nonces_table):
-        lines.append(f"created table {name}")
-    for secret_id, value in secrets.items():
-        if _secret_exists(secrets_client, secret_id):
-            continue
-        try:
-            secrets_client.create_secret(
-                Name=secret_id, SecretString=value,
-                Description="Jinrun approval gateway credential (see docs/operations.md)")
-        except secrets_client.exceptions.ResourceExistsException:
-            continue  # created concurrently: still never overwritten
-        lines.append(f"created secret {secret_id}")
+              secrets: dict[str, str], tags: dict[str, str] | None = None) -> list[str]:
+    """``reconcile`` as human-readable lines: what it changed, what needs a person, or that
+    nothing changed."""
+    report = reconcile(dynamodb_client, secrets_client, approvals_table=approvals_table,
+                       nonces_table=nonces_table, secrets=secrets, tags=tags)
+    lines = report.changes + [f"needs a person: {problem}" for problem in report.problems]
     if not lines:
         lines.append(f"nothing changed: tables {approvals_table}, {nonces_table} and "
-                     f"{len(secrets)} secret(s) already exist")
+                     f"{len(secrets)} secret(s) are as they should be")
     return lines
 
 
 def stage_environment(stage: str, config_path: Path = CONFIG_PATH) -> dict[str, str]:
-    """The environment variables a stage's Lambda functions get (top level, then the stage)."""
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    stages = config.get("stages", {})
-    if stage not in stages:
-        raise ConfigError(f"stage {stage!r} is not in {config_path} (have: {', '.join(stages)})")
-    env = dict(config.get("environment_variables", {}))
-    env.update(stages[stage].get("environment_variables", {}))
-    for name in (settings.APPROVALS_TABLE, settings.NONCES_TABLE, settings.OUTBOUND_SECRET_ID,
-                 settings.INBOUND_SECRET_ID, settings.TOKEN_SECRET_ID):
-        if not env.get(name):
-            raise ConfigError(f"stage {stage!r}: {name} is not set in {config_path}")
-    return env
+    """The environment variables a stage's Lambda functions get (top level, then the stage).
+    Raises ConfigError when the stage or one of its names is missing."""
+    try:
+        return load_stage(stage, config_path).environment
+    except OpsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read_secret_file(path: str, secret_id: str,
                       parse: Callable[[str, str], object]) -> str:
     try:
-        raw = Path(path).read_text(encoding="utf-8")
+        # '-' reads stdin, so a credential can be piped in without a plaintext file on disk.
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the file for secret {secret_id}: {exc.strerror}") from None
     parse(secret_id, raw)  # raises ConfigError naming the field, never the value
@@ -111,15 +169,18 @@ def collect_secrets(env: dict[str, str], *, outbound_file: str | None,
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ops.bootstrap",
-        description="Create the gateway's DynamoDB tables and Secrets Manager secrets for a "
-                    "stage. Idempotent; never overwrites an existing secret.")
+        description="Create or complete the gateway's DynamoDB tables and Secrets Manager secrets "
+                    "for a stage: point-in-time recovery, TTL, deletion protection, the approvals "
+                    "stream, tags. Idempotent; never overwrites a secret value.")
     parser.add_argument("--stage", required=True, help="stage in .chalice/config.json")
+    parser.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION)")
     parser.add_argument("--config", default=str(CONFIG_PATH), help=argparse.SUPPRESS)
     parser.add_argument("--outbound-secret-file", metavar="FILE",
-                        help='JSON {"appKey", "appSecret", "iv"} issued by Zeyi')
+                        help='JSON {"appKey", "appSecret", "iv"} issued by Zeyi; - reads stdin')
     parser.add_argument("--inbound-secret-file", metavar="FILE",
                         help='JSON {"credentials": [{"appKey", "appSecret"}, ...]} Jinrun issues '
-                             "to Zeyi")
+                             "to Zeyi (or create it with `python -m ops secrets add-inbound` "
+                             "after this run)")
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token-key", choices=[GENERATE],
                        help="generate a random access-token signing key")
@@ -130,29 +191,43 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        env = stage_environment(args.stage, Path(args.config))
+        stage = load_stage(args.stage, Path(args.config))
+        env = stage.environment
         values = collect_secrets(env, outbound_file=args.outbound_secret_file,
                                  inbound_file=args.inbound_secret_file,
                                  token_key=args.token_key, token_key_file=args.token_key_file)
-    except ConfigError as exc:
+    except (OpsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import boto3
+    return run(lambda: _run(args, stage, env, values))
 
-    session = boto3.session.Session()
-    lines = bootstrap(session.client("dynamodb"), session.client("secretsmanager"),
-                      approvals_table=env[settings.APPROVALS_TABLE],
-                      nonces_table=env[settings.NONCES_TABLE], secrets=values)
-    for line in lines:
+
+def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
+    session = aws_session(args.region)
+    dynamodb, secrets_client = client(session, "dynamodb"), client(session, "secretsmanager")
+    secret_ids = tuple(env[name] for name in SECRET_IDS)
+    report = reconcile(dynamodb, secrets_client, approvals_table=env[settings.APPROVALS_TABLE],
+                       nonces_table=env[settings.NONCES_TABLE], secrets=values,
+                       existing_secrets=secret_ids, tags=stage.tags)
+    for line in report.changes:
         print(line)
-    missing = [env[name] for name in (settings.OUTBOUND_SECRET_ID, settings.INBOUND_SECRET_ID,
-                                      settings.TOKEN_SECRET_ID)
-               if env[name] not in values and not _secret_exists(
-                   session.client("secretsmanager"), env[name])]
-    for secret_id in missing:
-        print(f"warning: secret {secret_id} does not exist yet; the gateway cannot start "
-              "without it (pass its file or --token-key generate)", file=sys.stderr)
-    return 1 if missing else 0
+    if not report.changes:
+        print(f"nothing changed in {session.region_name}: tables {env[settings.APPROVALS_TABLE]}"
+              f", {env[settings.NONCES_TABLE]} and the stage's secrets are as they should be")
+    for problem in report.problems:
+        print(f"needs a person: {problem}", file=sys.stderr)
+    how = {
+        settings.OUTBOUND_SECRET_ID: "pass --outbound-secret-file with the JSON Zeyi issued ('-' "
+                                     "reads it from stdin)",
+        settings.INBOUND_SECRET_ID: f"create it with `python -m ops secrets add-inbound --stage "
+                                    f"{stage.name}`, or pass --inbound-secret-file",
+        settings.TOKEN_SECRET_ID: "pass --token-key generate",
+    }
+    missing = [name for name in SECRET_IDS if not _secret_exists(secrets_client, env[name])]
+    for name in missing:
+        print(f"warning: secret {env[name]} does not exist yet; the gateway cannot start "
+              f"without it: {how[name]}", file=sys.stderr)
+    return 1 if missing or report.problems else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python -m ops.package --stage dev [--out build/dev] [--merge-template infra/resources.yaml]
 
+Refuses (exit 1) a deployed stage whose VPC settings are empty, unless the stage opts out
+explicitly (ops/stage_config.py): its calls to Zeyi would leave from IPs off Zeyi's whitelist.
 Fails (exit 1) when chalice could not install a dependency for the Lambda platform (chalice only
 warns about it and builds a package that breaks at import time), or when the function zip plus any
 layer zip exceeds the size budget (10 MB zipped: small packages deploy and cold-start faster, and
@@ -50,10 +52,23 @@ def chalice_command() -> list[str]:
 
 def package(stage: str, out_dir: Path, *, project_dir: Path = PROJECT_DIR,
             merge_template: Path | None = None, template_format: str | None = None,
-            budget_bytes: int = DEFAULT_BUDGET_BYTES,
+            budget_bytes: int = DEFAULT_BUDGET_BYTES, require_vpc: bool = True,
             timeout_seconds: float = 600) -> PackageResult:
-    """Run ``chalice package`` for `stage` into `out_dir`; raise PackageError when it fails,
-    when a dependency could not be installed, or when the zips exceed `budget_bytes`."""
+    """Run ``chalice package`` for `stage` into `out_dir`; raise PackageError when the stage's
+    VPC settings are empty (unless ``require_vpc`` is false or the stage opts out), when chalice
+    fails, when a dependency could not be installed, or when the zips exceed `budget_bytes`."""
+    if require_vpc:
+        from ops.common import OpsError
+        from ops.stage_config import load_stage
+        from ops.stage_config import require_vpc as vpc_guard
+
+        try:
+            vpc_guard(load_stage(stage, project_dir / ".chalice" / "config.json"))
+        except OpsError as exc:
+            raise PackageError(str(exc)) from None
+    for pattern in ("*.zip", "sam.json", "sam.yaml"):  # stale output would be measured too
+        for stale in out_dir.glob(pattern):
+            stale.unlink()
     command = chalice_command() + ["--project-dir", str(project_dir), "package",
                                    "--stage", stage]
     if merge_template is not None:
@@ -64,7 +79,7 @@ def package(stage: str, out_dir: Path, *, project_dir: Path = PROJECT_DIR,
     env = dict(os.environ)
     # The package is region-independent (the template uses AWS::Region / AWS::Partition), but
     # chalice refuses to run without a region.
-    env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION", "us-east-1"))
+    env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION") or "us-east-1")
     completed = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True,
                                timeout=timeout_seconds, check=False)
     output = completed.stdout + completed.stderr
@@ -91,18 +106,19 @@ def _sizes(result: PackageResult) -> str:
     return ", ".join(f"{name} {_mb(size)}" for name, size in result.zips.items())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ops.package", description=__doc__.split(
         "\n\n")[0])
     parser.add_argument("--stage", default="dev")
     parser.add_argument("--out", help="output directory (default build/<stage>)")
     parser.add_argument("--merge-template", help="e.g. infra/resources.yaml")
     parser.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_BYTES / 1024 / 1024)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     out_dir = Path(args.out) if args.out else PROJECT_DIR / "build" / args.stage
-    for pattern in ("*.zip", "sam.json", "sam.yaml"):  # stale output would be measured too
-        for stale in out_dir.glob(pattern):
-            stale.unlink()
     try:
         result = package(args.stage, out_dir,
                          merge_template=Path(args.merge_template) if args.merge_template else None,

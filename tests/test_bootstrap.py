@@ -1,16 +1,21 @@
-"""ops.bootstrap against an empty moto server: creates once, then says nothing changed, and never
-shows a secret value."""
+"""ops.bootstrap against moto server: creates, or completes what a half-finished run left,
+says what it changed, then says nothing changed; never shows a secret value; one-line errors."""
 from __future__ import annotations
 
+import io
 import json
 
+import boto3
 import pytest
 
 from chalicelib import aws
 from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.tables import approvals_table_definition, nonces_table_definition
 from ops import bootstrap as bootstrap_module
-from ops.bootstrap import bootstrap, main, stage_environment
+from ops.bootstrap import DENY_DELETION_SID, bootstrap, main, stage_environment
 from tests.conftest import INBOUND, INBOUND_ROTATED, OUTBOUND, TOKEN_KEYS
+
+TAGS = {"app": "jinrun-approval-gateway", "stage": "t"}
 
 
 @pytest.fixture
@@ -35,29 +40,67 @@ def _secret_strings() -> list[str]:
             TOKEN_KEYS["keys"][0]]
 
 
-def test_bootstrap_creates_then_changes_nothing(empty_aws):
+def table_state(name: str) -> dict:
+    """What an operator would check on a table: the settings bootstrap is responsible for."""
+    dynamodb = aws.client("dynamodb")
+    table = dynamodb.describe_table(TableName=name)["Table"]
+    backups = dynamodb.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
+    ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+    tags = dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"])["Tags"]
+    stream = table.get("StreamSpecification") or {}
+    return {
+        "pitr": backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"],
+        "ttl": (ttl["TimeToLiveStatus"], ttl.get("AttributeName")),
+        "deletion_protection": table.get("DeletionProtectionEnabled", False),
+        "stream": stream.get("StreamViewType") if stream.get("StreamEnabled") else None,
+        "tags": {tag["Key"]: tag["Value"] for tag in tags},
+    }
+
+
+def secret_state(secret_id: str) -> dict:
+    secrets = aws.client("secretsmanager")
+    description = secrets.describe_secret(SecretId=secret_id)
+    policy = secrets.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
+    statements = json.loads(policy)["Statement"] if policy else []
+    return {
+        "tags": {tag["Key"]: tag["Value"] for tag in description.get("Tags", [])},
+        "deny_delete": [s for s in statements if s.get("Sid") == DENY_DELETION_SID
+                        and s["Effect"] == "Deny" and s["Action"] == "secretsmanager:DeleteSecret"],
+    }
+
+
+COMPLETE_APPROVALS = {"pitr": "ENABLED", "ttl": ("DISABLED", None), "deletion_protection": True,
+                      "stream": "NEW_AND_OLD_IMAGES", "tags": TAGS}
+COMPLETE_NONCES = {"pitr": "ENABLED", "ttl": ("ENABLED", "expiresAt"),
+                   "deletion_protection": True, "stream": None, "tags": TAGS}
+
+
+def test_bootstrap_creates_everything_then_changes_nothing(empty_aws):
     dynamodb, secrets = aws.client("dynamodb"), aws.client("secretsmanager")
     first = bootstrap(dynamodb, secrets, approvals_table="a-approvals", nonces_table="a-nonces",
-                      secrets=_values())
-    assert first == ["created table a-approvals", "created table a-nonces",
-                     "created secret t/outbound", "created secret t/inbound",
-                     "created secret t/token"]
-
-    ttl = dynamodb.describe_time_to_live(TableName="a-nonces")["TimeToLiveDescription"]
-    assert ttl["AttributeName"] == "expiresAt"
-    for table in ("a-approvals", "a-nonces"):
-        description = dynamodb.describe_table(TableName=table)["Table"]
-        assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-        backups = dynamodb.describe_continuous_backups(TableName=table)
-        pitr = backups["ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"]
-        assert pitr["PointInTimeRecoveryStatus"] == "ENABLED"
+                      secrets=_values(), tags=TAGS)
+    assert first == [
+        "created table a-approvals", "table a-approvals: turned on point-in-time recovery",
+        "created table a-nonces", "table a-nonces: turned on point-in-time recovery",
+        "table a-nonces: turned on TTL on expiresAt",
+        "created secret t/outbound", f"secret t/outbound: denied its deletion (resource policy {DENY_DELETION_SID})",
+        "created secret t/inbound", f"secret t/inbound: denied its deletion (resource policy {DENY_DELETION_SID})",
+        "created secret t/token", f"secret t/token: denied its deletion (resource policy {DENY_DELETION_SID})",
+    ]
+    assert table_state("a-approvals") == COMPLETE_APPROVALS
+    assert table_state("a-nonces") == COMPLETE_NONCES
+    for secret_id in _values():
+        assert secret_state(secret_id)["tags"] == TAGS
+        assert len(secret_state(secret_id)["deny_delete"]) == 1
+    assert dynamodb.describe_table(TableName="a-nonces")["Table"][
+        "BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     stored = secrets.get_secret_value(SecretId="t/inbound")["SecretString"]
     assert set(parse_inbound("t/inbound", stored).by_app_key) == {INBOUND["appKey"],
                                                                    INBOUND_ROTATED["appKey"]}
 
     changed = dict(_values(), **{"t/outbound": json.dumps(dict(OUTBOUND, appSecret="x" * 32))})
     second = bootstrap(dynamodb, secrets, approvals_table="a-approvals",
-                       nonces_table="a-nonces", secrets=changed)
+                       nonces_table="a-nonces", secrets=changed, tags=TAGS)
     assert len(second) == 1 and second[0].startswith("nothing changed")
     # An existing secret is never overwritten.
     kept = secrets.get_secret_value(SecretId="t/outbound")["SecretString"]
@@ -67,13 +110,59 @@ def test_bootstrap_creates_then_changes_nothing(empty_aws):
             assert value not in line
 
 
-def test_bootstrap_adds_only_what_is_missing(empty_aws):
+def test_a_half_finished_setup_is_completed_and_each_change_named(empty_aws, capsys):
+    """What an interrupted first run (or a table made by hand) leaves: bare tables without
+    recovery, TTL, protection, stream or tags, and a secret without tags or deletion policy."""
+    env = stage_environment("dev")
     dynamodb, secrets = aws.client("dynamodb"), aws.client("secretsmanager")
-    bootstrap(dynamodb, secrets, approvals_table="a-approvals", nonces_table="a-nonces",
-              secrets={"t/outbound": json.dumps(OUTBOUND)})
-    lines = bootstrap(dynamodb, secrets, approvals_table="a-approvals", nonces_table="a-nonces",
-                      secrets=_values())
-    assert lines == ["created secret t/inbound", "created secret t/token"]
+    for definition in (approvals_table_definition(env["APPROVALS_TABLE"]),
+                       nonces_table_definition(env["NONCES_TABLE"])):
+        bare = {k: v for k, v in definition.items()
+                if k not in {"StreamSpecification", "DeletionProtectionEnabled"}}
+        dynamodb.create_table(**bare)
+    secrets.create_secret(Name=env["TOKEN_SECRET_ID"], SecretString=json.dumps(TOKEN_KEYS))
+    approvals, nonces = env["APPROVALS_TABLE"], env["NONCES_TABLE"]
+    assert table_state(nonces)["pitr"] == "DISABLED"
+
+    assert main(["--stage", "dev"]) == 1  # two secrets still missing
+    out, err = capsys.readouterr()
+    tags = "app=jinrun-approval-gateway, stage=dev"
+    token = env["TOKEN_SECRET_ID"]
+    assert out.splitlines() == [
+        f"table {approvals}: turned on deletion protection",
+        f"table {approvals}: turned on its NEW_AND_OLD_IMAGES stream",
+        f"table {approvals}: turned on point-in-time recovery",
+        f"table {approvals}: tagged {tags}",
+        f"table {nonces}: turned on deletion protection",
+        f"table {nonces}: turned on point-in-time recovery",
+        f"table {nonces}: turned on TTL on expiresAt",
+        f"table {nonces}: tagged {tags}",
+        f"secret {token}: denied its deletion (resource policy {DENY_DELETION_SID})",
+        f"secret {token}: tagged {tags}",
+    ]
+    assert err.count("warning: secret") == 2 and "secrets add-inbound --stage dev" in err
+    dev_tags = {"app": "jinrun-approval-gateway", "stage": "dev"}
+    assert table_state(approvals) == dict(COMPLETE_APPROVALS, tags=dev_tags)
+    assert table_state(nonces) == dict(COMPLETE_NONCES, tags=dev_tags)
+    assert secret_state(token) == {"tags": dev_tags, "deny_delete": [secret_state(token)["deny_delete"][0]]}
+
+    assert main(["--stage", "dev"]) == 1
+    out, _ = capsys.readouterr()
+    assert out.startswith("nothing changed in us-east-1")
+
+
+def test_a_stream_of_another_kind_is_reported_not_replaced(empty_aws, capsys):
+    env = stage_environment("dev")
+    definition = approvals_table_definition(env["APPROVALS_TABLE"])
+    definition["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
+    aws.client("dynamodb").create_table(**definition)
+
+    assert main(["--stage", "dev", "--token-key", "generate"]) == 1
+    _, err = capsys.readouterr()
+    assert (f"needs a person: table {env['APPROVALS_TABLE']}: stream is KEYS_ONLY, needs "
+            "NEW_AND_OLD_IMAGES") in err
+    assert table_state(env["APPROVALS_TABLE"])["stream"] == "KEYS_ONLY"  # left for a person
+    assert table_state(env["NONCES_TABLE"])["pitr"] == "ENABLED"  # the rest was still done
 
 
 def _write(tmp_path, name, value) -> str:
@@ -110,6 +199,54 @@ def test_cli_dev_stage_twice_never_echoes_values(empty_aws, tmp_path, capsys):
     shown = first.out + first.err + second.out + second.err
     for value in _secret_strings() + [generated.signing_key.decode()]:
         assert value not in shown
+
+
+def test_the_outbound_credential_can_come_from_stdin(empty_aws, monkeypatch, capsys):
+    env = stage_environment("dev")
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(OUTBOUND) + "\n"))
+    assert main(["--stage", "dev", "--outbound-secret-file", "-"]) == 1  # two still missing
+    stored = aws.client("secretsmanager").get_secret_value(
+        SecretId=env["OUTBOUND_SECRET_ID"])["SecretString"]
+    assert parse_outbound("o", stored).app_secret == OUTBOUND["appSecret"]
+    assert OUTBOUND["appSecret"] not in "".join(capsys.readouterr())
+
+
+def test_aws_region_is_honoured_like_the_aws_cli_does(empty_aws, monkeypatch, capsys):
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert main(["--stage", "dev", "--token-key", "generate"]) == 1
+    env = stage_environment("dev")
+
+    def tables(region):
+        return boto3.client("dynamodb", region_name=region).list_tables()["TableNames"]
+    assert env["APPROVALS_TABLE"] in tables("eu-west-1")
+    assert tables("us-east-1") == []
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # AWS_REGION still wins, as in the CLI
+    capsys.readouterr()
+    assert main(["--stage", "dev"]) == 1
+    assert "nothing changed in eu-west-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("missing, message", [
+    (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "error: no AWS credentials found"),
+    (("AWS_DEFAULT_REGION", "AWS_REGION"), "error: no AWS region"),
+])
+def test_missing_credentials_or_region_is_one_line(empty_aws, monkeypatch, capsys, missing,
+                                                   message):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in missing:
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--stage", "dev", "--token-key", "generate"]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+    assert out == ""
+
+
+def test_unreachable_endpoint_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert main(["--stage", "dev"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach AWS at http://127.0.0.1:9") and err.count("\n") == 1
 
 
 def test_cli_rejects_an_invalid_secret_file_without_showing_it(empty_aws, tmp_path, capsys):

@@ -1,19 +1,32 @@
-"""Deployability: the IAM policy of every deployed stage allows exactly the AWS operations the code
-calls, on exactly that stage's tables and secrets; ``chalice package`` works for every stage and
+"""Deployability: each Lambda function's role allows exactly the AWS calls that function's code path
+makes, on exactly its stage's tables and secrets; ``chalice package`` works for every stage and
 its templates (merged with infra/resources.yaml) and infra/vpc-egress.yaml pass cfn-lint for the
-global and the China regions.
+global and the China regions; a stage without VPC settings is refused.
+
+What each function calls is established twice, and the two must agree: statically, by following
+the calls from the function's handlers through app.py and chalicelib (every operation its code
+can reach), and by running the function through each of its paths against moto server and the
+Zeyi simulator with every boto3 call recorded (which operation, on which table or secret).
+
+Adding a function: its policy file per stage (``.chalice/policy-<stage>-<name>.json``, named in
+the stage's ``lambda_functions``) and one entry in ``FUNCTIONS`` below that drives its paths.
 
 No AWS account is needed: ``chalice package`` and ``cfn-lint`` are offline (chalice may download
 Lambda-platform wheels from PyPI on a cold cache)."""
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -22,8 +35,12 @@ import pytest
 import yaml
 from botocore import xform_name
 
-from chalicelib import settings
+from chalicelib import aws, settings
+from ops.config_commands import VPC_STACK_OUTPUTS
 from ops.package import PackageError, package
+from ops.stage_config import API_HANDLER, REQUIRED_NAMES, Stage, load_stage
+from tests import peer
+from tests.conftest import simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text(encoding="utf-8"))
@@ -32,12 +49,10 @@ DEPLOYED_STAGES = ["dev", "prod"]
 LINT_REGIONS = ["us-east-1", "cn-north-1", "cn-northwest-1"]
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 
-# Services the Lambda code may call, with the IAM prefix of each. A new service in the code fails
-# test_code_calls_only_known_services until it is added here and to the policy files.
+# Services the Lambda code may call, with the IAM prefix of each. A new service fails
+# test_functions_call_only_known_services until it is added here, to the recorder's
+# _resource_names and to the policy files.
 KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager"}
-# Functions that exist in chalicelib but never run in Lambda (operator and test tooling). Their
-# AWS calls (CreateTable, ...) are the operator's, not the function role's.
-OPERATOR_ONLY = {("tables.py", "ensure_tables")}
 # TransactWriteItems / TransactGetItems have no IAM action of their own: each element is
 # authorised as the underlying item action.
 TRANSACT_ELEMENTS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
@@ -49,12 +64,23 @@ VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces"
                    "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
 LAYER_PREFIX = re.compile(r"^python/(lib/python[^/]+/site-packages/)?")
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+# Chalice's policy files are static JSON, the same file for every region and partition: the
+# account is pinned with this condition (IAM fills in the role's own account), the partition and
+# region stay '*' (docs/operations.md, "Least privilege and where Chalice limits it").
+ACCOUNT_PIN = {"StringEqualsIfExists": {"aws:ResourceAccount": "${aws:PrincipalAccount}"}}
+ZEYI_CLIENT = ("chalicelib.zeyi_client", "ZeyiClient.__init__")
+OPERATOR_ONLY_MODULES = {"chalicelib.tables"}
 
 
-# --- what the code calls -----------------------------------------------------------------------
+# --- what each function's code can call: its static call graph -----------------------------------
 
-def lambda_sources() -> list[Path]:
-    return [ROOT / "app.py", *sorted((ROOT / "chalicelib").glob("*.py"))]
+def lambda_sources() -> dict[str, Path]:
+    """Module name -> file, for every module the Lambda package runs."""
+    sources = {"app": ROOT / "app.py"}
+    for path in sorted((ROOT / "chalicelib").glob("*.py")):
+        if path.stem != "__init__":
+            sources[f"chalicelib.{path.stem}"] = path
+    return sources
 
 
 @cache
@@ -63,112 +89,386 @@ def _operation_names(service: str) -> dict[str, str]:
     return {xform_name(name): name for name in model.operation_names}
 
 
-class _Scanner(ast.NodeVisitor):
-    def __init__(self, filename: str):
-        self.filename = filename
-        self.services: set[str] = set()
-        self.names: set[str] = set()  # attribute calls and string arguments of calls
-        self.dict_keys: set[str] = set()
+BUILTIN_METHODS = frozenset(name for kind in (dict, list, str, bytes, set, tuple, int, object)
+                            for name in dir(kind)) | frozenset(dir(builtins))
 
-    def visit_FunctionDef(self, node):
-        if (self.filename, node.name) in OPERATOR_ONLY:
-            return
-        self.generic_visit(node)
 
-    visit_AsyncFunctionDef = visit_FunctionDef
+@dataclass(frozen=True)
+class Function:
+    module: str
+    qualname: str
+    node: ast.AST = field(compare=False)
+    cls: str | None = None
 
-    def visit_Call(self, node):
-        func = node.func
-        func_name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if isinstance(func, ast.Attribute):
-            self.names.add(func.attr)
-        strings = [arg.value for arg in node.args
-                   if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
-        if func_name in {"client", "resource"} and strings:
-            self.services.add(strings[0])
-        self.names.update(strings)
-        self.generic_visit(node)
 
-    def visit_Dict(self, node):
-        for key in node.keys:
-            if isinstance(key, ast.Constant) and isinstance(key.value, str):
-                self.dict_keys.add(key.value)
-        self.generic_visit(node)
+@dataclass(frozen=True)
+class Reach:
+    functions: frozenset[tuple[str, str]]
+    services: frozenset[str]
+    actions: frozenset[str]
+
+
+class CallGraph:
+    """Which functions of app.py and chalicelib a handler can reach, and the AWS operations they
+    can call. Calls are resolved by module, by ``self``, by annotation (a parameter's or a
+    callee's return type), and otherwise by a method name that only chalicelib defines: an
+    over-approximation, which the recorded calls keep honest."""
+
+    def __init__(self, sources: dict[str, Path]):
+        self.functions: dict[tuple[str, str], Function] = {}
+        self.bases: dict[tuple[str, str], list[ast.expr]] = {}
+        self.imports: dict[str, dict[str, tuple[str, str | None]]] = {}
+        self.by_method_name: dict[str, list[tuple[str, str]]] = {}
+        for module, path in sources.items():
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            self.imports[module] = self._imports(tree, sources)
+            for node in tree.body:
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    self.functions[(module, node.name)] = Function(module, node.name, node)
+                elif isinstance(node, ast.ClassDef):
+                    self.bases[(module, node.name)] = node.bases
+                    for item in node.body:
+                        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                            qualname = f"{node.name}.{item.name}"
+                            self.functions[(module, qualname)] = Function(module, qualname, item,
+                                                                          node.name)
+                            self.by_method_name.setdefault(item.name, []).append(
+                                (module, qualname))
+
+    @staticmethod
+    def _imports(tree: ast.Module, sources) -> dict[str, tuple[str, str | None]]:
+        found = {}
+        for node in ast.walk(tree):  # function-local imports too (lazy imports)
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    local = alias.asname or alias.name
+                    submodule = f"{node.module}.{alias.name}"
+                    if submodule in sources:
+                        found[local] = (submodule, None)
+                    elif node.module in sources:
+                        found[local] = (node.module, alias.name)
+        return found
+
+    # -- resolution ----------------------------------------------------------------------------
+
+    def _class(self, module: str, name: str) -> tuple[str, str] | None:
+        if (module, name) in self.bases:
+            return module, name
+        target = self.imports.get(module, {}).get(name)
+        if target and target[1] and (target[0], target[1]) in self.bases:
+            return target[0], target[1]
+        return None
+
+    def _method(self, cls: tuple[str, str], name: str) -> list[tuple[str, str]]:
+        module, class_name = cls
+        if (module, f"{class_name}.{name}") in self.functions:
+            return [(module, f"{class_name}.{name}")]
+        found = []
+        for base in self.bases.get(cls, []):
+            if isinstance(base, ast.Name) and (resolved := self._class(module, base.id)):
+                found += self._method(resolved, name)
+        return found
+
+    def _named(self, module: str, name: str) -> list[tuple[str, str]]:
+        """A module-level function, or a class's constructor, by the name ``module`` knows."""
+        if (module, name) in self.functions:
+            return [(module, name)]
+        if cls := self._class(module, name):
+            return self._method(cls, "__init__")
+        target = self.imports.get(module, {}).get(name)
+        if target and target[1]:
+            return self._named(target[0], target[1])
+        return []
+
+    def _annotated_class(self, module: str, annotation) -> tuple[str, str] | None:
+        if isinstance(annotation, ast.Name):
+            return self._class(module, annotation.id)
+        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+            return self._class(module, annotation.value)
+        return None
+
+    def _resolve(self, fn: Function, func: ast.expr, params: dict) -> list[tuple[str, str]]:
+        if isinstance(func, ast.Name):
+            return self._named(fn.module, func.id)
+        if not isinstance(func, ast.Attribute):
+            return []
+        name, value = func.attr, func.value
+        if isinstance(value, ast.Name):
+            if value.id == "self" and fn.cls:
+                return self._method((fn.module, fn.cls), name)
+            target = self.imports.get(fn.module, {}).get(value.id)
+            if target and target[1] is None:
+                return self._named(target[0], name)
+            if value.id in params and (cls := self._annotated_class(fn.module, params[value.id])):
+                return self._method(cls, name)
+        if isinstance(value, ast.Call):
+            found = []
+            for callee in self._resolve(fn, value.func, params):
+                returns = getattr(self.functions[callee].node, "returns", None)
+                if cls := self._annotated_class(callee[0], returns):
+                    found += self._method(cls, name)
+            if found:
+                return found
+        if name in BUILTIN_METHODS:
+            return []
+        return list(self.by_method_name.get(name, []))
+
+    # -- reach -----------------------------------------------------------------------------------
+
+    def reach(self, entries: list[tuple[str, str]]) -> Reach:
+        seen: set[tuple[str, str]] = set()
+        todo = list(entries)
+        services, names, keys = set(), set(), set()
+        while todo:
+            key = todo.pop()
+            if key in seen or key not in self.functions:
+                continue
+            seen.add(key)
+            fn = self.functions[key]
+            nodes = [n for stmt in fn.node.body for n in ast.walk(stmt)]
+            params = {arg.arg: arg.annotation for n in [fn.node, *nodes]
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                      for arg in [*n.args.args, *n.args.kwonlyargs] if arg.annotation}
+            for node in nodes:
+                if isinstance(node, ast.Call):
+                    todo += self._resolve(fn, node.func, params)
+                    strings = [a.value for a in node.args
+                               if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                    if isinstance(node.func, ast.Attribute):
+                        names.add(node.func.attr)
+                        if node.func.attr in {"client", "resource"} and strings:
+                            services.add(strings[0])
+                    names.update(strings)
+                    # A function passed as an argument (a parser, a callback) may be called.
+                    for arg in node.args:
+                        if isinstance(arg, (ast.Name, ast.Attribute)):
+                            todo += self._resolve(fn, arg, params)
+                elif isinstance(node, ast.Dict):
+                    keys.update(k.value for k in node.keys
+                                if isinstance(k, ast.Constant) and isinstance(k.value, str))
+        actions = set()
+        for service in services & KNOWN_SERVICES.keys():
+            prefix = KNOWN_SERVICES[service]
+            for snake, operation in _operation_names(service).items():
+                if snake not in names:
+                    continue
+                if operation == "TransactWriteItems":
+                    actions |= {f"{prefix}:{TRANSACT_ELEMENTS[key]}"
+                                for key in keys & TRANSACT_ELEMENTS.keys()}
+                elif operation == "TransactGetItems":
+                    actions.add(f"{prefix}:GetItem")
+                else:
+                    actions.add(f"{prefix}:{operation}")
+        return Reach(frozenset(seen), frozenset(services), frozenset(actions))
 
 
 @cache
-def scan_code() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    services, names, keys = set(), set(), set()
-    for path in lambda_sources():
-        scanner = _Scanner(path.name)
-        scanner.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
-        services |= scanner.services
-        names |= scanner.names
-        keys |= scanner.dict_keys
-    return frozenset(services), frozenset(names), frozenset(keys)
+def call_graph() -> CallGraph:
+    return CallGraph(lambda_sources())
 
 
-def required_actions() -> set[str]:
-    """IAM actions for every operation of a known service that the Lambda code calls."""
-    services, names, keys = scan_code()
-    actions = set()
-    for service in services & KNOWN_SERVICES.keys():
-        prefix = KNOWN_SERVICES[service]
-        for snake, operation in _operation_names(service).items():
-            if snake not in names:
-                continue
-            if operation in {"TransactWriteItems", "TransactGetItems"}:
-                elements = {TRANSACT_ELEMENTS[key] for key in keys & TRANSACT_ELEMENTS.keys()}
-                if operation == "TransactGetItems":
-                    elements = {"GetItem"}
-                actions |= {f"{prefix}:{element}" for element in elements}
-            else:
-                actions.add(f"{prefix}:{operation}")
-    return actions
+def _chalice_app():
+    import app as gateway_app
+
+    return gateway_app.app
 
 
-def test_code_calls_only_known_services():
-    services, _, _ = scan_code()
-    assert services, "found no boto3 client in the Lambda code: the scanner is broken"
-    unknown = services - KNOWN_SERVICES.keys()
-    assert not unknown, (f"the Lambda code creates clients for {sorted(unknown)}: add the actions "
-                         "to .chalice/policy-*.json and the service to KNOWN_SERVICES")
+def handler_entries() -> dict[str, list[tuple[str, str]]]:
+    """Each Lambda function chalice deploys -> the Python functions it runs."""
+    chalice_app = _chalice_app()
+    entries: dict[str, list[tuple[str, str]]] = {}
+    for route in chalice_app.routes.values():
+        for entry in route.values():
+            view = entry.view_function
+            entries.setdefault(API_HANDLER, []).append((view.__module__, view.__qualname__))
+    for function in chalice_app.pure_lambda_functions:
+        entries[function.name] = [(function.func.__module__, function.func.__qualname__)]
+    import app as gateway_app
+
+    for source in chalice_app.event_sources:
+        handler = getattr(gateway_app, source.handler_string.rsplit(".", 1)[-1])
+        handler = getattr(handler, "func", handler)
+        entries[source.name] = [(handler.__module__, handler.__qualname__)]
+    return entries
 
 
-def test_scanner_finds_the_calls_the_architecture_describes():
-    # A guard on the scanner itself: these are known to be called (architecture.md).
-    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
-            "secretsmanager:GetSecretValue"} <= required_actions()
+@cache
+def static_reach(function: str) -> Reach:
+    return call_graph().reach(handler_entries()[function])
 
 
-def test_operator_only_functions_are_not_called_by_the_lambda_code():
-    for path in lambda_sources():
-        text = path.read_text(encoding="utf-8")
-        for filename, function in OPERATOR_ONLY:
-            if path.name != filename:
-                assert not re.search(rf"\b{function}\b", text), (
-                    f"{path.name} uses {function}: its AWS calls would need the function role")
+# --- what each function calls when it runs: recorded against moto server --------------------------
+
+@dataclass
+class Recorder:
+    """Every boto3 call made while active, as (IAM action, the setting naming its resource)."""
+
+    calls: set[tuple[str, str]] = field(default_factory=set)
+    active: bool = False
+
+    def __call__(self, params, model, **kwargs):
+        if self.active:
+            self.calls |= _recorded(model, params)
+
+    @contextlib.contextmanager
+    def recording(self):
+        import app as gateway_app
+
+        # A fresh container: nothing cached from the setup that ran before.
+        gateway_app._secrets = None
+        gateway_app._zeyi.clear()
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
 
 
-# --- what each stage's policy allows -------------------------------------------------------------
-
-def stage_config(stage: str) -> dict:
-    return CONFIG["stages"][stage]
-
-
-def stage_env(stage: str) -> dict[str, str]:
-    return {**CONFIG.get("environment_variables", {}),
-            **stage_config(stage).get("environment_variables", {})}
+def _setting_of(resource_name: str) -> str:
+    names = {os.environ[name]: name for name in REQUIRED_NAMES}
+    assert resource_name in names, f"a call used {resource_name}, which no setting names"
+    return names[resource_name]
 
 
-def policy_files(stage: str) -> set[str]:
-    stage_cfg = stage_config(stage)
-    names = {stage_cfg.get("iam_policy_file") or CONFIG.get("iam_policy_file")
-             or f"policy-{stage}.json"}
-    for function_cfg in stage_cfg.get("lambda_functions", {}).values():
-        if "iam_policy_file" in function_cfg:
-            names.add(function_cfg["iam_policy_file"])
-    return names
+def _recorded(model, params) -> set[tuple[str, str]]:
+    service = model.service_model.service_name
+    assert service in KNOWN_SERVICES, f"the code called {service}: teach the recorder and the policies"
+    prefix = KNOWN_SERVICES[service]
+    operation = model.name
+    if service == "secretsmanager":
+        return {(f"{prefix}:{operation}", _setting_of(params["SecretId"]))}
+    if operation in {"TransactWriteItems", "TransactGetItems"}:
+        found = set()
+        for item in params["TransactItems"]:
+            ((kind, element),) = item.items()
+            found.add((f"{prefix}:{TRANSACT_ELEMENTS[kind]}", _setting_of(element["TableName"])))
+        return found
+    if operation in {"BatchGetItem", "BatchWriteItem"}:
+        return {(f"{prefix}:{operation}", _setting_of(table)) for table in params["RequestItems"]}
+    return {(f"{prefix}:{operation}", _setting_of(params["TableName"]))}
+
+
+def _ok(answer: dict) -> dict:
+    assert answer["success"] is True, answer
+    return answer
+
+
+def _http(gateway, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    response = getattr(gateway.http, method)(path, body=body, headers=headers or {
+        "Content-Type": "application/json"})
+    return response.status_code, json.loads(response.body)
+
+
+def _callback(gateway, token: str, **fields) -> dict:
+    body = peer.callback_body(**fields)
+    status, answer = _http(gateway, "post", "/dingtalkAudit/callback", body,
+                           peer.signed_headers(body, token=token))
+    assert status == 200, answer
+    return answer["result"]
+
+
+def exercise_api_handler(gateway, zeyi, record):
+    """Every route: a token, callbacks (a code first seen by callback, its redelivery, one that
+    ends an approval, a late one), send, status, cancel."""
+    with record():
+        body = b"{}"
+        status, answer = _http(gateway, "post", "/auth/token", body, peer.signed_headers(body))
+        assert status == 200, answer
+        token = answer["result"]["accessToken"]
+        first = dict(code="POL-CB", businessId="proc-1")
+        assert _callback(gateway, token, **first)["disposition"] == "applied"
+        assert _callback(gateway, token, **first)["disposition"] == "duplicate"
+        send = json.dumps(peer.send_body("POL-API")).encode()
+        _ok(_http(gateway, "post", "/audit/send", send)[1])
+        _ok(_http(gateway, "get", "/audit/POL-API")[1])
+        cancel = json.dumps(peer.cancel_body("POL-API")).encode()
+        _ok(_http(gateway, "post", "/audit/cancel", cancel)[1])
+        ended = dict(code="POL-API", businessId="proc-2", type="terminate", result=None)
+        assert _callback(gateway, token, **ended)["disposition"] == "applied"
+        late = dict(code="POL-API", businessId="proc-2", type="finish", result="agree")
+        assert _callback(gateway, token, **late)["disposition"] == "ignored"
+
+
+def exercise_send_approval(gateway, zeyi, record):
+    """A send Zeyi refuses (FAILED), the resend that replaces it, a send refused as active."""
+    zeyi.add_fault("send", "refuse")
+    with record():
+        refused = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
+        assert refused["success"] is False and refused["result"]["status"] == "FAILED", refused
+        _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload)
+        active = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
+        assert active["errorCode"] == "APPROVAL_ACTIVE", active
+
+
+def exercise_cancel_approval(gateway, zeyi, record):
+    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-C")).payload)
+    with record():
+        _ok(gateway.lambda_.invoke("cancel_approval", peer.cancel_body("POL-C")).payload)
+        again = gateway.lambda_.invoke("cancel_approval", peer.cancel_body("POL-C")).payload
+        assert again["errorCode"] == "APPROVAL_NOT_CANCELLABLE", again
+
+
+def exercise_get_approval(gateway, zeyi, record):
+    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-G")).payload)
+    with record():
+        _ok(gateway.lambda_.invoke("get_approval", {"code": "POL-G"}).payload)
+        unknown = gateway.lambda_.invoke("get_approval", {"code": "POL-NONE"}).payload
+        assert unknown["errorCode"] == "APPROVAL_NOT_FOUND", unknown
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How to drive a function's paths, and what the Lambda service does with the function's
+    role that no code path shows (a DynamoDB stream handler's role, say, needs
+    dynamodb:GetRecords, GetShardIterator, DescribeStream and ListStreams on the stream):
+    stage -> {action: resources}."""
+
+    exercise: Callable
+    service_actions: Callable[[str], dict[str, set[str]]] = lambda stage: {}
+
+
+# One entry per deployed Lambda function.
+FUNCTIONS: dict[str, Entry] = {
+    API_HANDLER: Entry(exercise_api_handler),
+    "send_approval": Entry(exercise_send_approval),
+    "cancel_approval": Entry(exercise_cancel_approval),
+    "get_approval": Entry(exercise_get_approval),
+}
+
+
+@pytest.fixture
+def record_calls(gateway, monkeypatch):
+    with simulator() as zeyi:
+        monkeypatch.setenv("ZEYI_BASE_URL", zeyi.url)
+        recorder = Recorder()
+        for service in KNOWN_SERVICES:
+            aws.client(service).meta.events.register("provide-client-params", recorder)
+
+        def run(function: str) -> set[tuple[str, str]]:
+            FUNCTIONS[function].exercise(gateway, zeyi, recorder.recording)
+            return recorder.calls
+        yield run
+
+
+# --- the policies ---------------------------------------------------------------------------------
+
+def stage_of(name: str) -> Stage:
+    return load_stage(name, ROOT / ".chalice" / "config.json")
+
+
+def stage_env(name: str) -> dict[str, str]:
+    return stage_of(name).environment
+
+
+def resource_arn(stage_name: str, setting: str) -> str:
+    value = stage_env(stage_name)[setting]
+    if setting in (settings.APPROVALS_TABLE, settings.NONCES_TABLE):
+        return f"arn:*:dynamodb:*:*:table/{value}"
+    return f"arn:*:secretsmanager:*:*:secret:{value}-??????"
+
+
+def policy_file(stage_name: str, function: str) -> str:
+    return stage_of(stage_name).settings["lambda_functions"][function]["iam_policy_file"]
 
 
 def load_policy(name: str) -> dict:
@@ -179,72 +479,128 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def table_arns(stage: str) -> set[str]:
-    env = stage_env(stage)
-    return {f"arn:*:dynamodb:*:*:table/{env[name]}"
-            for name in (settings.APPROVALS_TABLE, settings.NONCES_TABLE)}
+def allowed(policy: dict) -> dict[str, set[str]]:
+    """Action -> the resources the policy allows it on."""
+    found: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        for action in _as_list(statement["Action"]):
+            found.setdefault(action, set()).update(_as_list(statement["Resource"]))
+    return found
 
 
-def secret_arns(stage: str) -> set[str]:
-    env = stage_env(stage)
-    return {f"arn:*:secretsmanager:*:*:secret:{env[name]}-??????"
-            for name in (settings.OUTBOUND_SECRET_ID, settings.INBOUND_SECRET_ID,
-                         settings.TOKEN_SECRET_ID)}
+def kept_out_of_vpc(stage_name: str, function: str) -> bool:
+    """True when the stage's entry for the function overrides the VPC settings with nothing."""
+    entry = stage_of(stage_name).settings.get("lambda_functions", {}).get(function, {})
+    return entry.get("subnet_ids") == [] and entry.get("security_group_ids") == []
 
 
-@pytest.mark.parametrize("stage", DEPLOYED_STAGES)
-def test_stage_uses_hand_written_policy(stage):
-    stage_cfg = stage_config(stage)
-    autogen = stage_cfg.get("autogen_policy", CONFIG.get("autogen_policy", True))
-    assert autogen is False, f"stage {stage}: autogen_policy must be false"
-    assert stage_cfg.get("manage_iam_role", CONFIG.get("manage_iam_role", True)) is True
+def test_every_deployed_function_has_an_entry_here():
+    assert set(handler_entries()) == set(FUNCTIONS), (
+        "each Lambda function needs one entry in FUNCTIONS that drives its paths")
 
 
-@pytest.mark.parametrize("stage", DEPLOYED_STAGES)
-def test_policy_allows_exactly_what_the_code_calls(stage):
-    required = required_actions()
-    for name in policy_files(stage):
-        policy = load_policy(name)
-        allowed: dict[str, set[str]] = {}
-        for statement in policy["Statement"]:
-            assert statement["Effect"] == "Allow"
-            assert not {"NotAction", "NotResource", "NotPrincipal"} & statement.keys()
-            actions = set(_as_list(statement["Action"]))
-            resources = set(_as_list(statement["Resource"]))
-            for action in actions:
-                assert "*" not in action and "?" not in action, f"{name}: wildcard {action}"
-                allowed.setdefault(action, set()).update(resources)
-            for resource in resources - {"*"}:
-                assert resource.startswith("arn:*:"), (
-                    f"{name}: {resource} names a partition: it must work in aws and aws-cn")
-            prefixes = {action.split(":")[0] for action in actions}
-            assert len(prefixes) == 1, f"{name}: one service per statement, got {prefixes}"
-            prefix = prefixes.pop()
-            if prefix == "dynamodb":
-                assert resources <= table_arns(stage), f"{name}: {resources}"
-            elif prefix == "secretsmanager":
-                assert resources <= secret_arns(stage), f"{name}: {resources}"
-            elif prefix == "logs":
-                assert actions <= LOG_ACTIONS
-                group = f"arn:*:logs:*:*:log-group:/aws/lambda/{APP_NAME}-{stage}"
-                assert resources <= {group, f"{group}:*", f"{group}-*"}, resources
-            elif prefix == "ec2":
-                assert actions <= VPC_ENI_ACTIONS, f"{name}: {actions - VPC_ENI_ACTIONS}"
-            else:
-                pytest.fail(f"{name}: unexpected service {prefix}")
-            if "*" in resources:
-                assert prefix == "ec2", f"{name}: Resource * is only for the VPC ENI actions"
+@pytest.mark.parametrize("stage_name", DEPLOYED_STAGES)
+def test_every_function_has_its_own_policy_file(stage_name):
+    cfg = stage_of(stage_name).settings
+    assert cfg.get("autogen_policy", CONFIG.get("autogen_policy", True)) is False
+    assert cfg.get("manage_iam_role", CONFIG.get("manage_iam_role", True)) is True
+    # No fallback policy: a function without its own file makes `chalice package` fail.
+    assert "iam_policy_file" not in cfg and "iam_policy_file" not in CONFIG
+    assert not (ROOT / ".chalice" / f"policy-{stage_name}.json").exists()
+    for function in handler_entries():
+        name = policy_file(stage_name, function)
+        assert name == f"policy-{stage_name}-{function}.json"
+        assert (ROOT / ".chalice" / name).is_file()
 
-        data_actions = {a for a in allowed if a.split(":")[0] in KNOWN_SERVICES.values()}
-        assert data_actions == required, (
-            f"{name}: missing {sorted(required - data_actions)}, "
-            f"more than needed {sorted(data_actions - required)}")
-        for action in required:
-            expected = table_arns(stage) if action.startswith("dynamodb:") else secret_arns(stage)
-            assert allowed[action] == expected, f"{name}: {action} on {allowed[action]}"
-        assert allowed.keys() >= LOG_ACTIONS, f"{name}: the functions could not write logs"
-        assert allowed.keys() >= VPC_ENI_ACTIONS, (
-            f"{name}: functions in the VPC (subnet_ids) need the ENI actions")
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_functions_call_only_known_services(function):
+    reach = static_reach(function)
+    assert reach.services, f"found no boto3 client in {function}'s code: the scanner is broken"
+    assert reach.services <= KNOWN_SERVICES.keys(), (
+        f"{function} creates clients for {sorted(reach.services - KNOWN_SERVICES.keys())}")
+    assert not {module for module, _ in reach.functions} & OPERATOR_ONLY_MODULES, (
+        f"{function} reaches operator tooling: its AWS calls would need the function role")
+
+
+def test_the_scanner_tells_the_functions_apart():
+    # A guard on the scanner itself: what docs/architecture.md says each function does.
+    assert static_reach("get_approval").actions == {"dynamodb:Query"}
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
+            "secretsmanager:GetSecretValue"} <= static_reach(API_HANDLER).actions
+    assert ZEYI_CLIENT in static_reach("send_approval").functions
+    assert ZEYI_CLIENT not in static_reach("get_approval").functions
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_each_role_allows_exactly_what_its_function_calls(function, record_calls):
+    recorded = record_calls(function)
+    recorded_actions = {action for action, _ in recorded}
+    static_actions = set(static_reach(function).actions)
+    assert recorded_actions <= static_actions, (
+        f"{function} called {sorted(recorded_actions - static_actions)}, which the scanner did "
+        "not find: the scanner is broken")
+    assert static_actions <= recorded_actions, (
+        f"{function}'s code can call {sorted(static_actions - recorded_actions)}, which its entry "
+        "in FUNCTIONS never exercised: drive that path too")
+    for stage_name in DEPLOYED_STAGES:
+        expected = FUNCTIONS[function].service_actions(stage_name)
+        for action, setting in recorded:
+            expected.setdefault(action, set()).add(resource_arn(stage_name, setting))
+        name = policy_file(stage_name, function)
+        granted = {action: resources for action, resources in allowed(load_policy(name)).items()
+                   if action.split(":")[0] in KNOWN_SERVICES.values()}
+        assert granted == expected, f"{name}: allows {granted}, the code calls {expected}"
+
+
+@pytest.mark.parametrize("stage_name", DEPLOYED_STAGES)
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_policy_is_least_privilege_in_form(stage_name, function):
+    name = policy_file(stage_name, function)
+    policy = load_policy(name)
+    assert policy["Version"] == "2012-10-17"  # needed for the ${aws:PrincipalAccount} variable
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & statement.keys()
+        actions = set(_as_list(statement["Action"]))
+        resources = set(_as_list(statement["Resource"]))
+        for action in actions:
+            assert "*" not in action and "?" not in action, f"{name}: wildcard {action}"
+        prefixes = {action.split(":")[0] for action in actions}
+        assert len(prefixes) == 1, f"{name}: one service per statement, got {prefixes}"
+        prefix = prefixes.pop()
+        if resources == {"*"}:
+            assert prefix == "ec2", f"{name}: Resource * is only for the VPC ENI actions"
+            assert actions <= VPC_ENI_ACTIONS, f"{name}: {actions - VPC_ENI_ACTIONS}"
+            continue
+        for resource in resources:
+            assert resource.startswith(f"arn:*:{prefix}:*:*:"), (
+                f"{name}: {resource} must name no partition or region (the file serves aws and "
+                "aws-cn in any region); the account is pinned by the condition")
+        assert statement.get("Condition") == ACCOUNT_PIN, f"{name}: not pinned to the account"
+        if prefix == "logs":
+            assert actions == LOG_ACTIONS
+            group = f"arn:*:logs:*:*:log-group:{stage_of(stage_name).log_group(function)}"
+            assert resources == {group, f"{group}:*"}, f"{name}: writes other functions' logs"
+        else:
+            assert prefix in KNOWN_SERVICES.values(), f"{name}: unexpected service {prefix}"
+    granted = allowed(policy)
+    assert granted.keys() >= LOG_ACTIONS, f"{name}: the function could not write its logs"
+    eni = granted.keys() & VPC_ENI_ACTIONS
+    if kept_out_of_vpc(stage_name, function):
+        assert not eni, f"{name}: {function} runs outside the VPC and needs no ENI actions"
+    else:
+        assert eni == VPC_ENI_ACTIONS, f"{name}: {function} runs in the VPC: it needs the ENI actions"
+
+
+@pytest.mark.parametrize("stage_name", DEPLOYED_STAGES)
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_every_function_that_calls_zeyi_runs_in_the_vpc(stage_name, function):
+    calls_zeyi = ZEYI_CLIENT in static_reach(function).functions
+    if calls_zeyi:
+        assert not kept_out_of_vpc(stage_name, function), (
+            f"{function} calls Zeyi: kept out of the VPC, it would leave from an IP off Zeyi's "
+            "whitelist")
 
 
 # --- chalice package + cfn-lint ------------------------------------------------------------------
@@ -269,12 +625,17 @@ def _region_for_chalice(monkeypatch):
 
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_chalice_package_builds_every_stage(stage, tmp_path):
-    result = package(stage, tmp_path / "out")
+    result = package(stage, tmp_path / "out", require_vpc=False)
     template = json.loads(result.template.read_text(encoding="utf-8"))
     functions = _functions(template)
     assert {"APIHandler", "SendApproval", "CancelApproval", "GetApproval"} <= functions.keys()
     env = stage_env(stage)
-    policy = load_policy(f"policy-{stage}.json")
+    from chalice.utils import to_cfn_resource_name
+
+    # chalice names each function's resource after it, the API handler's "APIHandler".
+    chalice_names = {to_cfn_resource_name(fn): fn for fn in FUNCTIONS if fn != API_HANDLER}
+    chalice_names["APIHandler"] = API_HANDLER
+    assert chalice_names.keys() == functions.keys()
     for name, function in functions.items():
         properties = function["Properties"]
         assert re.fullmatch(r"python3\.\d+", properties["Runtime"])
@@ -286,7 +647,10 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         assert properties["Environment"]["Variables"] == env
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]
         documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
-        assert documents == [policy], f"{name} runs with another policy"
+        own = load_policy(policy_file(stage, chalice_names[name]))
+        assert documents == [own], f"{name} runs with another function's policy"
+    roles = {f["Properties"]["Role"]["Fn::GetAtt"][0] for f in functions.values()}
+    assert len(roles) == len(functions), "every function has a role of its own"
     # boto3/botocore come from the Lambda runtime: never bundled, in the function zip or a layer.
     for zip_name in result.zips:
         with zipfile.ZipFile(result.out_dir / zip_name) as archive:
@@ -299,7 +663,8 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
 
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_merged_template_passes_cfn_lint(stage, tmp_path):
-    result = package(stage, tmp_path / "out", merge_template=ROOT / "infra" / "resources.yaml")
+    result = package(stage, tmp_path / "out", merge_template=ROOT / "infra" / "resources.yaml",
+                     require_vpc=False)
     assert result.template.suffix == ".yaml"
     cfn_lint(result.template)
 
@@ -352,14 +717,38 @@ def test_resources_template_matches_chalicelib_tables():
         assert properties["BillingMode"] == definition["BillingMode"]
         assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"]
         assert properties["SSESpecification"]["SSEEnabled"]
+        assert properties["DeletionProtectionEnabled"] is definition["DeletionProtectionEnabled"]
+        wanted_stream = definition.get("StreamSpecification")
+        stream = properties.get("StreamSpecification")
+        assert (stream and stream["StreamViewType"]) == (
+            wanted_stream and wanted_stream["StreamViewType"]), logical
+        assert {tag["Key"] for tag in properties["Tags"]} == {"app", "stage"}
     ttl = resources["NoncesTable"]["Properties"]["TimeToLiveSpecification"]
     assert ttl == {"AttributeName": NONCE_TTL_ATTRIBUTE, "Enabled": True}
 
 
+def test_resources_template_denies_deleting_every_secret():
+    from ops.bootstrap import DENY_DELETION
+
+    resources = load_cfn(ROOT / "infra" / "resources.yaml")["Resources"]
+    secrets = {name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"}
+    protected = {r["Properties"]["SecretId"]["Fn::Ref"] for r in resources.values()
+                 if r["Type"] == "AWS::SecretsManager::ResourcePolicy"
+                 and DENY_DELETION in r["Properties"]["ResourcePolicy"]["Statement"]}
+    assert protected == secrets
+
+
 def test_vpc_egress_template_passes_cfn_lint():
     cfn_lint(ROOT / "infra" / "vpc-egress.yaml")
-    outputs = load_cfn(ROOT / "infra" / "vpc-egress.yaml")["Outputs"]
-    assert {"EgressIps", "PrivateSubnetIds", "SecurityGroupId"} <= outputs.keys()
+    template = load_cfn(ROOT / "infra" / "vpc-egress.yaml")
+    # What `python -m ops config fill-vpc` reads from the stack.
+    assert set(VPC_STACK_OUTPUTS) <= template["Outputs"].keys()
+    # An existing Elastic IP can be passed in, so the whitelisted address outlives the stack.
+    for suffix in ("A", "B"):
+        assert template["Parameters"][f"EgressIpAllocationId{suffix}"]["Default"] == ""
+        nat = template["Resources"][f"NatGateway{suffix}"]["Properties"]["AllocationId"]
+        assert {"Fn::Ref": f"EgressIpAllocationId{suffix}"} in nat["Fn::If"]
+        assert template["Resources"][f"EgressIp{suffix}"]["DeletionPolicy"] == "Retain"
 
 
 def test_vpc_and_resource_policy_configuration_packages(tmp_path):
@@ -409,9 +798,62 @@ def test_package_fails_loudly_when_dependencies_cannot_be_installed(tmp_path, mo
 
     monkeypatch.setattr(ops_package.subprocess, "run", lambda *a, **k: Completed())
     with pytest.raises(PackageError, match="could not install"):
-        package("dev", tmp_path)
+        package("dev", tmp_path, require_vpc=False)
 
 
 def test_package_fails_over_the_size_budget(tmp_path):
     with pytest.raises(PackageError, match="over the budget"):
-        package("dev", tmp_path / "out", budget_bytes=1024)
+        package("dev", tmp_path / "out", budget_bytes=1024, require_vpc=False)
+
+
+def _clean_make_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+
+
+def test_make_package_refuses_a_stage_without_vpc_settings(tmp_path):
+    # The committed config has empty VPC settings until `ops config fill-vpc` fills them.
+    completed = subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed-stamp", "package",
+         "STAGE=prod"], cwd=ROOT, env=_clean_make_env(), capture_output=True, text=True,
+        timeout=120, check=False)
+    assert completed.returncode != 0
+    assert "error: stage prod has no VPC settings" in completed.stderr
+    assert "python -m ops config fill-vpc --stage prod" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "Creating deployment package" not in completed.stdout + completed.stderr
+
+
+def test_package_passes_the_guard_once_the_stage_opts_out(tmp_path, monkeypatch):
+    """An account that needs no whitelist says so per stage, and then packages."""
+    import ops.package as ops_package
+
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / ".chalice", project / ".chalice",
+                    ignore=shutil.ignore_patterns("deployments", "venv"))
+    config = json.loads((project / ".chalice" / "config.json").read_text(encoding="utf-8"))
+    config["stages"]["dev"].pop("subnet_ids")
+    config["stages"]["dev"].pop("security_group_ids")
+    config["stages"]["dev"]["vpc_opt_out"] = "Zeyi test accepts any IP for this account"
+    (project / ".chalice" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    ran = []
+
+    class Completed:
+        returncode, stdout, stderr = 1, "", "chalice stopped here"
+
+    monkeypatch.setattr(ops_package.subprocess, "run", lambda *a, **k: ran.append(a) or Completed())
+    with pytest.raises(PackageError, match="chalice stopped here"):
+        package("dev", tmp_path / "out", project_dir=project)
+    assert ran, "the guard let the opted-out stage through to chalice"
+    with pytest.raises(PackageError, match="stage prod has no VPC settings"):
+        package("prod", tmp_path / "out", project_dir=project)
+
+
+def test_docs_and_template_pass_the_same_capabilities():
+    pattern = re.compile(r"--capabilities((?:\s+(?:\\\s*\n\s*#?\s*)?CAPABILITY_\w+)+)")
+    found = {}
+    for path in (ROOT / "docs" / "operations.md", ROOT / "infra" / "resources.yaml"):
+        for match in pattern.finditer(path.read_text(encoding="utf-8")):
+            found.setdefault(path.name, []).append(set(re.findall(r"CAPABILITY_\w+", match[1])))
+    assert set(found) == {"operations.md", "resources.yaml"}, found
+    expected = {"CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"}
+    assert all(caps == expected for uses in found.values() for caps in uses), found

@@ -1,0 +1,133 @@
+"""``python -m ops``: the operator's commands, one argparse tree; ``--help`` at every level.
+
+Every command takes ``--stage`` (names and settings from ``.chalice/config.json``) and
+``--region``; it prints its result to stdout, or one line starting with ``error:`` to stderr and
+exits 1 (2 for a usage error). docs/operations.md shows each in its place.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ops.common import run
+from ops.stage_config import CONFIG_PATH
+
+
+def _stage_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--stage", required=True, help="stage in .chalice/config.json (dev, prod)")
+    options.add_argument("--region", help="AWS region (default: AWS_REGION, then "
+                                          "AWS_DEFAULT_REGION, then the profile's)")
+    options.add_argument("--config", default=str(CONFIG_PATH), help=argparse.SUPPRESS)
+    return options
+
+
+def _group(subparsers, name: str, help_text: str):
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    return parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ops import approvals, config_commands, deploy, secret_rotation, sign_check
+
+    stage = _stage_options()
+    parser = argparse.ArgumentParser(
+        prog="python -m ops", description="Operate the Jinrun approval gateway: look at "
+        "approvals, rotate secrets, debug a partner's sign, check and deploy a stage.")
+    groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+
+    approvals_group = _group(groups, "approvals", "look at approvals")
+    show = approvals_group.add_parser(
+        "show", parents=[stage], help="status, attempts and callbacks of one code",
+        description="Status, attempts and callbacks of one code, newest first, as tables "
+                    "(what GET /audit/{code} answers).")
+    show.add_argument("code")
+    show.add_argument("--json", action="store_true", help="print the record as JSON, for scripts")
+    show.set_defaults(handler=approvals.show_command)
+
+    secrets_group = _group(groups, "secrets", "rotate the gateway's credentials")
+    add = secrets_group.add_parser(
+        "add-inbound", parents=[stage], help="add an inbound credential next to the current ones",
+        description="Add an inbound credential (what Zeyi signs with) to the stage's inbound "
+                    "secret, next to the current ones; its appSecret is generated, or read from "
+                    "stdin. Creates the secret when it does not exist yet.")
+    add.add_argument("--app-key", help="its appKey (default: jinrun-<stage>-<date>-<random>)")
+    add.add_argument("--from-stdin", action="store_true",
+                     help="read the appSecret from the first line of stdin instead of "
+                          "generating it")
+    add.add_argument("--with-iv", action="store_true",
+                     help="give it an iv (always, when the stage's callbacks are encrypted)")
+    add.add_argument("--legacy-sign", action="store_true",
+                     help="accept Zeyi SDK 1.0.0's header-only sign for it")
+    add.add_argument("--show", action="store_true",
+                     help="print the appSecret (and iv) once, to hand over to Zeyi")
+    add.set_defaults(handler=secret_rotation.add_inbound_command)
+
+    retire = secrets_group.add_parser(
+        "retire-inbound", parents=[stage], help="remove an inbound credential",
+        description="Remove an inbound credential once Zeyi has switched: refused while it was "
+                    "used within --idle-days (see last-seen) and for the last credential.")
+    retire.add_argument("app_key", metavar="APPKEY")
+    retire.add_argument("--idle-days", type=float, default=1.0,
+                        help="refuse when Zeyi used it within this many days (default 1)")
+    retire.add_argument("--force", action="store_true", help="skip the last-seen check")
+    retire.set_defaults(handler=secret_rotation.retire_inbound_command)
+
+    seen = secrets_group.add_parser(
+        "last-seen", parents=[stage], help="when Zeyi last used an inbound appKey",
+        description="When Zeyi last used an inbound appKey: a CloudWatch Logs Insights query "
+                    "over the API handler's log group.")
+    seen.add_argument("app_key", metavar="APPKEY")
+    seen.add_argument("--days", type=float, default=30.0, help="how far back (default 30)")
+    seen.set_defaults(handler=secret_rotation.last_seen_command)
+
+    rotate = secrets_group.add_parser(
+        "rotate-token-key", parents=[stage], help="rotate the access-token signing key",
+        description="Take the next step of a token-key rotation: add a new key (verifies only); "
+                    "after SECRETS_CACHE_SECONDS make it the signing key; after TOKEN_TTL_SECONDS "
+                    "more retire the old key. Run it again until it says the rotation is "
+                    "complete; it says when.")
+    rotate.set_defaults(handler=secret_rotation.rotate_token_key_command)
+
+    sign_group = _group(groups, "sign", "debug a partner's signed request")
+    check = sign_group.add_parser(
+        "check", parents=[stage], help="which of the gateway's checks a request fails, and why",
+        description="Run the gateway's checks on a captured request, in its order, against the "
+                    "stage's credentials, and say which fails and why. Prints no secret or sign.")
+    check.add_argument("--headers", required=True, metavar="FILE",
+                       help="the request's headers: a JSON object or 'Name: value' lines")
+    check.add_argument("--body", required=True, metavar="FILE", help="the request's exact body")
+    check.add_argument("--route", choices=["callback", "token"], default="callback",
+                       help="the route it was sent to (default callback)")
+    check.add_argument("--at", metavar="TIME",
+                       help="when it was received: epoch ms or ISO 8601 (default now)")
+    check.set_defaults(handler=sign_check.sign_check_command)
+
+    config_group = _group(groups, "config", "check a stage's configuration")
+    config_check = config_group.add_parser(
+        "check", parents=[stage], help="everything a deploy needs, or a list of what is wrong",
+        description="Check everything a deploy of the stage needs: VPC settings, Zeyi's URL, a "
+                    "policy file per function, the secrets, the tables. Exits 1 with the list of "
+                    "problems.")
+    config_check.set_defaults(handler=config_commands.check_command)
+    fill = config_group.add_parser(
+        "fill-vpc", parents=[stage], help="VPC settings from the egress stack's outputs",
+        description="Write the egress stack's subnets and security group into the stage in "
+                    ".chalice/config.json and print the egress IPs Zeyi must whitelist.")
+    fill.add_argument("--stack", help="the stack of infra/vpc-egress.yaml (default "
+                                      "jinrun-gateway-egress-<stage>)")
+    fill.set_defaults(handler=config_commands.fill_vpc_command)
+
+    deploy_parser = groups.add_parser(
+        "deploy", parents=[stage], help="chalice deploy, once config check passes",
+        description="Run `config check` and, when it passes, `chalice deploy --stage S`.")
+    deploy_parser.add_argument("--dry-run", action="store_true",
+                               help="check only; do not run chalice")
+    deploy_parser.add_argument("chalice_args", nargs="*", metavar="CHALICE_ARG",
+                               help="passed on to chalice deploy (after --)")
+    deploy_parser.set_defaults(handler=deploy.deploy_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: args.handler(args))

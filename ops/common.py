@@ -1,0 +1,123 @@
+"""What every operator command shares: the AWS session, and one-line errors instead of tracebacks.
+
+An operator command either succeeds or prints one line that says what is wrong and what to do:
+missing credentials or region, an unreachable endpoint, a denied call, a missing resource. The
+region comes from ``--region``, then ``AWS_REGION``, then ``AWS_DEFAULT_REGION``, then the
+profile's config (boto3 itself ignores ``AWS_REGION``, which the AWS CLI and Lambda use).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+NO_CREDENTIALS = ("no AWS credentials found: set AWS_PROFILE (aws configure --profile NAME) or "
+                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+NO_REGION = "no AWS region: set AWS_REGION (e.g. cn-north-1) or pass --region"
+_REJECTED_CREDENTIALS = {
+    "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException",
+    "InvalidSignatureException", "SignatureDoesNotMatch", "AuthFailure",
+}
+_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+
+
+class OpsError(Exception):
+    """A failure the operator can act on; its message is the one line the command prints."""
+
+
+def region_from_environment(explicit: str | None = None) -> str | None:
+    return explicit or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def aws_session(region: str | None = None):
+    """A boto3 session with a region and credentials. Raises OpsError when either is missing."""
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        session = boto3.session.Session(region_name=region_from_environment(region))
+        if not session.region_name:
+            raise OpsError(NO_REGION)
+        if session.get_credentials() is None:
+            raise OpsError(NO_CREDENTIALS)
+    except BotoCoreError as exc:
+        raise OpsError(describe_failure(exc)) from None
+    return session
+
+
+def client(session, service: str):
+    """A client with second-scale timeouts and a few retries: an operator waits, but not
+    minutes, on an unreachable endpoint."""
+    from botocore.config import Config
+
+    return session.client(service, config=Config(
+        connect_timeout=5, read_timeout=30, retries={"mode": "standard", "total_max_attempts": 3}))
+
+
+def error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code", "")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an exception an operator command can meet; never a secret value (AWS error
+    messages never repeat the request's values)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+        ProfileNotFound,
+        ReadTimeoutError,
+    )
+
+    from chalicelib.errors import GatewayError
+
+    if isinstance(exc, OpsError):
+        return str(exc)
+    if isinstance(exc, GatewayError):
+        return exc.message
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return NO_CREDENTIALS
+    if isinstance(exc, NoRegionError):
+        return NO_REGION
+    if isinstance(exc, ProfileNotFound):
+        return (f"AWS profile {exc.kwargs.get('profile')!r} is not configured (aws configure "
+                "--profile NAME, or unset AWS_PROFILE)")
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return (f"cannot reach AWS at {exc.kwargs.get('endpoint_url')}: check the network and "
+                "the region")
+    if isinstance(exc, ReadTimeoutError):
+        return f"AWS did not answer in time ({exc.kwargs.get('endpoint_url')}); try again"
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in _REJECTED_CREDENTIALS:
+            return f"AWS rejected the credentials ({code}): refresh them or choose another profile"
+        if code in _DENIED:
+            return f"not allowed: {exc.operation_name} was denied ({message})"
+        return f"{exc.operation_name} failed: {code}: {message}"
+    from botocore.exceptions import BotoCoreError
+
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'file'}: {exc.strerror}" if exc.strerror else str(exc)
+    raise exc
+
+
+def run(action: Callable[[], int]) -> int:
+    """Run a command's body: its exit status, or 1 with one line on stderr for a known failure.
+
+    An unexpected exception still raises: that is a bug to see, not an operator error.
+    """
+    try:
+        return action()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # describe_failure re-raises what it does not know
+        print(f"error: {describe_failure(exc)}", file=sys.stderr)
+        return 1

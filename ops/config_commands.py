@@ -1,0 +1,154 @@
+"""``python -m ops config check`` and ``config fill-vpc``: a stage is ready to deploy, or a list of
+what is not.
+
+``check`` looks at everything a deploy relies on and nothing fails loudly without: the VPC
+settings (or an explicit opt-out), Zeyi's base URL for the stage, a policy file per function,
+each secret (exists, parses with the gateway's own parser, cannot be deleted), each table
+(point-in-time recovery, TTL, deletion protection, the stream). ``fill-vpc`` copies the subnets
+and security group from the egress stack's outputs into the stage and prints the egress IPs Zeyi
+must whitelist.
+"""
+from __future__ import annotations
+
+import json
+
+from chalicelib import settings
+from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.errors import ConfigError
+from chalicelib.tables import table_problems
+from ops.common import OpsError, aws_session, client, describe_failure, error_code
+from ops.stage_config import (
+    LOCAL_STAGES,
+    ZEYI_BASE_URLS,
+    Stage,
+    app_functions,
+    egress_stack_name,
+    load_stage,
+    vpc_problems,
+    write_vpc_settings,
+)
+
+# The egress stack's outputs fill-vpc reads (infra/vpc-egress.yaml).
+VPC_STACK_OUTPUTS = ("PrivateSubnetIds", "SecurityGroupId", "EgressAllocationIds")
+
+
+def local_problems(stage: Stage) -> list[str]:
+    """What is wrong in config.json for the stage, without asking AWS."""
+    problems = list(vpc_problems(stage))
+    url = stage.setting(settings.ZEYI_BASE_URL).rstrip("/")
+    expected = ZEYI_BASE_URLS.get(stage.name)
+    if expected and url != expected:
+        problems.append(f"ZEYI_BASE_URL is {url or 'not set'}; stage {stage.name} calls "
+                        f"{expected}")
+    elif not expected and stage.name not in LOCAL_STAGES and url not in ZEYI_BASE_URLS.values():
+        problems.append(f"ZEYI_BASE_URL is {url or 'not set'}: neither of Zeyi's environments "
+                        f"({', '.join(ZEYI_BASE_URLS.values())})")
+    if stage.name in LOCAL_STAGES:
+        return problems
+    for function in app_functions():
+        name = stage.function_setting(function, "iam_policy_file")
+        if not name:
+            problems.append(f"function {function} has no iam_policy_file in stages.{stage.name}"
+                            ".lambda_functions")
+            continue
+        path = stage.path.parent / name
+        try:
+            policy = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"policy file {path.name} of {function}: {exc}")
+            continue
+        if policy.get("Version") != "2012-10-17" or not policy.get("Statement"):
+            problems.append(f"policy file {path.name} of {function}: no Version 2012-10-17 or "
+                            "no Statement")
+    return problems
+
+
+def _secret_problems(secrets_client, stage: Stage) -> list[str]:
+    problems = []
+    parsers = ((settings.OUTBOUND_SECRET_ID, parse_outbound),
+               (settings.INBOUND_SECRET_ID, parse_inbound),
+               (settings.TOKEN_SECRET_ID, parse_token_keys))
+    for name, parse in parsers:
+        secret_id = stage.setting(name)
+        try:
+            raw = secrets_client.get_secret_value(SecretId=secret_id)["SecretString"]
+        except Exception as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                problems.append(f"secret {secret_id} does not exist")
+                continue
+            raise
+        try:
+            parsed = parse(secret_id, raw)
+            if name == settings.INBOUND_SECRET_ID and stage.flag(settings.CALLBACK_ENCRYPTED):
+                for credential in parsed.by_app_key.values():
+                    credential.codec()  # each needs an iv and an AES-sized appSecret
+        except ConfigError as exc:
+            problems.append(exc.message)  # names the field, never the value
+        policy = secrets_client.get_resource_policy(SecretId=secret_id).get("ResourcePolicy")
+        if "secretsmanager:DeleteSecret" not in (policy or ""):
+            problems.append(f"secret {secret_id}: nothing denies its deletion (`python -m "
+                            f"ops.bootstrap --stage {stage.name}` adds the policy)")
+    return problems
+
+
+def check_stage(stage: Stage, region: str | None) -> tuple[list[str], str | None]:
+    """Every problem of the stage, and the region checked (None when AWS could not be asked)."""
+    problems = local_problems(stage)
+    try:
+        session = aws_session(region)
+        dynamodb = client(session, "dynamodb")
+        secrets_client = client(session, "secretsmanager")
+        problems += _secret_problems(secrets_client, stage)
+        problems += table_problems(dynamodb, stage.setting(settings.APPROVALS_TABLE),
+                                   stage.setting(settings.NONCES_TABLE))
+        return problems, session.region_name
+    except Exception as exc:
+        problems.append(f"AWS not checked: {describe_failure(exc)}")
+        return problems, None
+
+
+def check_command(args) -> int:
+    stage = load_stage(args.stage, args.config)
+    problems, region = check_stage(stage, args.region)
+    where = f"stage {stage.name}" + (f" in {region}" if region else "")
+    if not problems:
+        print(f"{where}: ready to deploy (VPC settings, Zeyi URL, policy files, secrets, tables)")
+        return 0
+    print(f"{where}: {len(problems)} problem(s)")
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1
+
+
+def fill_vpc_command(args) -> int:
+    stage = load_stage(args.stage, args.config)
+    if stage.name in LOCAL_STAGES:
+        raise OpsError(f"stage {stage.name} runs locally and has no VPC")
+    stack_name = args.stack or egress_stack_name(stage.name)
+    session = aws_session(args.region)
+    try:
+        stacks = client(session, "cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+    except Exception as exc:
+        if error_code(exc) == "ValidationError":
+            raise OpsError(f"stack {stack_name} does not exist in {session.region_name} (deploy "
+                           "infra/vpc-egress.yaml first, or pass --stack)") from None
+        raise
+    stack = stacks[0]
+    if not stack["StackStatus"].endswith("_COMPLETE") or "ROLLBACK" in stack["StackStatus"]:
+        raise OpsError(f"stack {stack_name} is {stack['StackStatus']}: wait for it to finish")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    missing = [name for name in VPC_STACK_OUTPUTS if not outputs.get(name)]
+    if missing:
+        raise OpsError(f"stack {stack_name} has no output {', '.join(missing)}: is it "
+                       "infra/vpc-egress.yaml?")
+    subnets = [s.strip() for s in outputs["PrivateSubnetIds"].split(",") if s.strip()]
+    groups = [outputs["SecurityGroupId"].strip()]
+    allocations = [a.strip() for a in outputs["EgressAllocationIds"].split(",") if a.strip()]
+    addresses = client(session, "ec2").describe_addresses(AllocationIds=allocations)["Addresses"]
+    changed = write_vpc_settings(stage, subnets, groups)
+    verb = "set" if changed else "already had"
+    print(f"stage {stage.name}: {verb} subnet_ids {', '.join(subnets)} and security_group_ids "
+          f"{', '.join(groups)} (from stack {stack_name}) in {stage.path}")
+    print("egress IPs for Zeyi's whitelist: "
+          + ", ".join(a["PublicIp"] for a in addresses if a.get("PublicIp")))
+    return 0

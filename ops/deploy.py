@@ -1,0 +1,35 @@
+"""``python -m ops deploy --stage S``: ``chalice deploy``, but only for a stage that is ready.
+
+Runs ``config check`` first and refuses on any problem: above all empty VPC settings, with which
+the deploy would succeed and every call to Zeyi would then leave from an IP off its whitelist.
+It also hands chalice the region from ``AWS_REGION`` (chalice's botocore reads only
+``AWS_DEFAULT_REGION`` and the profile).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from ops.common import OpsError, region_from_environment
+from ops.config_commands import check_stage
+from ops.package import chalice_command
+from ops.stage_config import LOCAL_STAGES, PROJECT_DIR, load_stage
+
+
+def deploy_command(args) -> int:
+    stage = load_stage(args.stage, args.config)
+    if stage.name in LOCAL_STAGES:
+        raise OpsError(f"stage {stage.name} is for `chalice local` only")
+    problems, region = check_stage(stage, args.region)
+    if problems:
+        raise OpsError(f"stage {stage.name} is not ready to deploy: " + "; ".join(problems)
+                       + f" (see `python -m ops config check --stage {stage.name}`)")
+    command = chalice_command() + ["--project-dir", str(stage.path.parent.parent), "deploy",
+                                   "--stage", stage.name, *args.chalice_args]
+    env = dict(os.environ, AWS_DEFAULT_REGION=region or region_from_environment(args.region))
+    print(f"stage {stage.name} in {region}: checks passed; running chalice deploy --stage "
+          f"{stage.name}",
+          flush=True)
+    if args.dry_run:
+        return 0
+    return subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode

@@ -1,0 +1,130 @@
+"""``python -m ops approvals show``: what the gateway recorded for a code, as an operator reads it
+in a terminal, and as JSON for scripts; against moto server, with the approval made by the
+gateway itself (a send through the Zeyi simulator, then Zeyi's callbacks)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from chalicelib import aws
+from chalicelib.approval_store import DynamoDBApprovalStore
+from tests import peer
+from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, simulator
+from tests.test_ops_cli import run_ops, stage_config
+
+ISO_MS = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z"
+
+
+@pytest.fixture
+def approval(gateway, monkeypatch):
+    """HT-OPS-1: sent once (Zeyi refused: FAILED), sent again (PENDING), then Zeyi's agree
+    callback, delivered twice (recorded once)."""
+    with simulator() as zeyi:
+        monkeypatch.setenv("ZEYI_BASE_URL", zeyi.url)
+        zeyi.add_fault("send", "refuse")
+        gateway.lambda_.invoke("send_approval", peer.send_body("HT-OPS-1"))
+        assert gateway.lambda_.invoke("send_approval", peer.send_body("HT-OPS-1")).payload[
+            "success"]
+    body = b"{}"
+    token = json.loads(gateway.http.post("/auth/token", body=body, headers=peer.signed_headers(
+        body)).body)["result"]["accessToken"]
+    callback = peer.callback_body(code="HT-OPS-1", businessId="proc-77", remark="同意 <ok>")
+    for _ in range(2):
+        response = gateway.http.post("/dingtalkAudit/callback", body=callback,
+                                     headers=peer.signed_headers(callback, token=token))
+        assert response.status_code == 200
+    return "HT-OPS-1"
+
+
+def store() -> DynamoDBApprovalStore:
+    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
+
+
+def test_show_renders_status_attempts_and_callbacks_as_tables(approval, capsys, tmp_path):
+    status, out, err = run_ops(capsys, "approvals", "show", approval, "--stage", "dev",
+                               "--config", stage_config(tmp_path))
+    assert status == 0 and err == ""
+    history = store().history(approval)
+    lines = out.splitlines()
+    assert lines[0] == "HT-OPS-1  AGREED"
+    assert re.fullmatch(rf"  current attempt id\s+{history['currentAttemptId']}", lines[1])
+    assert re.fullmatch(r"  business id\s+proc-77", lines[2])
+    assert re.fullmatch(rf"  updated at\s+{ISO_MS}", lines[3])
+
+    attempts = out.split("attempts (2, newest first; * current)\n")[1].split("\n\n")[0]
+    header, *rows = attempts.splitlines()
+    assert header.split() == ["ATTEMPT", "ID", "STATUS", "ORIGIN", "CREATED", "AT", "UPDATED",
+                              "AT", "SUPERSEDED", "BY"]
+    table_rows = [row for row in rows if not row.startswith("      ")]
+    current, first = history["attempts"]
+    assert table_rows[0].split()[:3] == [current["attemptId"] + "*", "AGREED", "send"]
+    assert table_rows[1].split()[:3] == [first["attemptId"], "FAILED", "send"]
+    assert table_rows[1].split()[-1] == current["attemptId"]  # superseded by the resend
+    assert re.search(rf"{ISO_MS}\s+{ISO_MS}", table_rows[0])
+    # The request and Zeyi's answer are nested: one detail line each, under their attempt.
+    details = [row.strip() for row in rows if row.startswith("      ")]
+    assert any(d.startswith('request: {"code":"HT-OPS-1"') for d in details)
+    assert any(d.startswith('outcome: {"success":false') for d in details)
+
+    callbacks = out.split("callbacks (1, newest first)\n")[1]
+    header, *rows = callbacks.splitlines()
+    assert header.split()[:4] == ["RECEIVED", "AT", "TYPE", "RESULT"]
+    table_rows = [row for row in rows if not row.startswith("      ")]
+    assert len(table_rows) == 1  # the redelivery is no second callback
+    assert "finish  agree   proc-77" in table_rows[0]
+    assert "同意 <ok>" in table_rows[0]
+    assert any(row.strip().startswith('body: {"code":"HT-OPS-1"') for row in rows)
+
+
+def test_show_json_is_the_record_for_scripts(approval, capsys, tmp_path):
+    status, out, _ = run_ops(capsys, "approvals", "show", approval, "--json", "--stage", "dev",
+                             "--config", stage_config(tmp_path))
+    assert status == 0
+    assert json.loads(out) == store().history(approval)
+
+
+def test_fields_the_renderer_does_not_know_are_shown_not_dropped(approval, capsys, tmp_path):
+    """The record grows (a callback's disposition, an operator's override): the table shows
+    every field it gets, short ones as columns, nested ones as detail lines."""
+    dynamodb = aws.client("dynamodb")
+    items = dynamodb.query(TableName=APPROVALS_TABLE, KeyConditionExpression="code = :c",
+                           ExpressionAttributeValues={":c": {"S": approval}})["Items"]
+    callback = next(i for i in items if i["sk"]["S"].startswith("CALLBACK#"))
+    dynamodb.update_item(
+        TableName=APPROVALS_TABLE, Key={"code": callback["code"], "sk": callback["sk"]},
+        UpdateExpression="SET handledBy = :who, overrideNote = :note",
+        ExpressionAttributeValues={":who": {"S": "ops-oncall"},
+                                   ":note": {"M": {"reason": {"S": "stuck"}}}})
+    status, out, _ = run_ops(capsys, "approvals", "show", approval, "--stage", "dev",
+                             "--config", stage_config(tmp_path))
+    assert status == 0
+    callbacks = out.split("callbacks (1, newest first)\n")[1]
+    assert "HANDLED BY" in callbacks.splitlines()[0]
+    assert "ops-oncall" in callbacks
+    assert '      overrideNote: {"reason":"stuck"}' in callbacks.splitlines()
+
+
+def test_a_code_never_seen_is_one_line(aws_env, capsys, tmp_path):
+    status, out, err = run_ops(capsys, "approvals", "show", "NEVER-SENT", "--stage", "dev",
+                               "--config", stage_config(tmp_path))
+    assert (status, out) == (1, "")
+    assert err == "error: no approval was ever sent or called back for code NEVER-SENT\n"
+
+
+def test_a_malformed_code_is_refused_before_any_call(capsys, tmp_path):
+    status, _, err = run_ops(capsys, "approvals", "show", "X" * 200, "--stage", "dev",
+                             "--config", stage_config(tmp_path))
+    assert status == 1 and err.startswith("error: code must be")
+
+
+def test_a_missing_table_names_the_table_and_the_fix(moto_server, monkeypatch, capsys, tmp_path):
+    moto_server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    status, _, err = run_ops(capsys, "approvals", "show", "HT-1", "--stage", "dev",
+                             "--config", stage_config(tmp_path))
+    assert status == 1
+    assert err == (f"error: table {APPROVALS_TABLE} does not exist in us-east-1: create it "
+                   "with `python -m ops.bootstrap --stage dev`\n")
+

@@ -1,0 +1,79 @@
+"""docs/operations.md, walked on paper: every operator command in it parses as written, every
+shell variable a command uses was set by an earlier step, and every command of the CLI is
+documented. (The AWS side of each command is tested against moto server in test_ops_*.)"""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from ops import bootstrap, package
+from ops.cli import build_parser
+from tests.test_ops_cli import COMMANDS
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+# Set by the shell or by the prerequisites' `export` line.
+GIVEN = {"PWD", "HOME"}
+PARSERS = {
+    ".venv/bin/python -m ops ": build_parser,
+    ".venv/bin/python -m ops.bootstrap ": bootstrap._parser,
+    ".venv/bin/python -m ops.package ": package._parser,
+}
+
+
+def shell_commands() -> list[str]:
+    """Each command of the ```sh blocks, in document order, continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def _without_comment(command: str) -> list[str]:
+    return shlex.split(command, comments=True)
+
+
+def operator_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for command in shell_commands():
+        for prefix in PARSERS:
+            if command.startswith(prefix):
+                found.append((prefix, _without_comment(command[len(prefix):])))
+    return found
+
+
+def test_the_document_has_operator_commands():
+    assert len(operator_commands()) >= 15
+
+
+@pytest.mark.parametrize("prefix, argv", operator_commands(), ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else v.split()[-1])
+def test_every_documented_command_parses_as_written(prefix, argv):
+    argv = [re.sub(r"\$\{?(\w+)\}?", "value", arg) for arg in argv]
+    try:
+        PARSERS[prefix]().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"`{prefix}{' '.join(argv)}` does not parse (exit {exc.code})")
+
+
+def test_every_variable_is_set_before_it_is_used():
+    assigned = set(GIVEN)
+    for command in shell_commands():
+        used = set(re.findall(r"\$\{?(\w+)\}?", re.sub(r"'[^']*'", "", command)))
+        missing = used - assigned
+        assert not missing, f"`{command}` uses {missing} before any step sets it"
+        assigned |= set(re.findall(r"(?:^|\s|;|\()(\w+)=", command))
+
+
+def test_every_cli_command_is_documented():
+    text = DOC.read_text(encoding="utf-8")
+    for command in COMMANDS:
+        words = command[:2] if command[0] != "deploy" else ["deploy"]
+        assert f"-m ops {' '.join(words)}" in text, f"{' '.join(words)} is not in {DOC.name}"
+    assert "-m ops.bootstrap" in text and "make package" in text
