@@ -670,8 +670,9 @@ class DynamoDBApprovalStore:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def history(self, code: str) -> dict:
-        """Current status, the newest attempts and callbacks of ``code``, newest first.
+    def history(self, code: str, *, bodies: bool = False) -> dict:
+        """Current status, the newest attempts and callbacks of ``code``, newest first; each
+        callback's raw body only with ``bodies`` (they can be hundreds of kilobytes each).
 
         Raises ApprovalNotFoundError for a code never seen.
         """
@@ -680,10 +681,6 @@ class DynamoDBApprovalStore:
             "TableName": self._approvals, "ConsistentRead": True,
             "KeyConditionExpression": "code = :code",
             "ExpressionAttributeValues": {":code": _s(code)},
-            # Raw callback bodies stay out: they can be hundreds of kilobytes each.
-            "ProjectionExpression": ", ".join(f"#p{i}" for i in range(len(_HISTORY_FIELDS))),
-            "ExpressionAttributeNames": {f"#p{i}": name
-                                         for i, name in enumerate(_HISTORY_FIELDS)},
         }
         while True:
             page = self._call("query", **kwargs)
@@ -709,6 +706,8 @@ class DynamoDBApprovalStore:
                 attempts.append(item)
             elif sk.startswith(CALLBACK_PREFIX):
                 item.pop("appKey", None)
+                if not bodies:
+                    item.pop("body", None)
                 callbacks.append(item)
             elif sk.startswith(INSTANCE_PREFIX):
                 owners[sk[len(INSTANCE_PREFIX):]] = item["attemptId"]
@@ -732,12 +731,6 @@ class DynamoDBApprovalStore:
 
 # What states.decide_callback reads of the HEAD.
 _RULED_FIELDS = ("status", "attemptId", "businessId", "inDoubt")
-_HISTORY_FIELDS = (
-    "code", "sk", "status", "attemptId", "businessId", "version", "updatedAt", "leaseExpiresAt",
-    "origin", "request", "outcome", "cancel", "createdAt", "supersededBy", "type", "result",
-    "auditType", "auditUser", "remark", "cut", "receivedAt", "nonce", "disposition",
-    "statusAfter", "inDoubt",
-)
 
 
 def _callback_fields(callback: CallbackRecord) -> dict:

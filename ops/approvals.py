@@ -21,8 +21,8 @@ from ops.stage_config import load_stage
 # Known fields first, in this order; any other scalar field follows as its own column.
 ATTEMPT_COLUMNS = ("attemptId", "status", "origin", "createdAt", "updatedAt", "leaseExpiresAt",
                    "supersededBy", "businessId")
-CALLBACK_COLUMNS = ("receivedAt", "type", "result", "businessId", "disposition", "applied",
-                    "statusAfter", "auditType", "auditUser", "remark")
+CALLBACK_COLUMNS = ("receivedAt", "type", "result", "businessId", "disposition", "statusAfter",
+                    "auditType", "auditUser", "remark")
 HEAD_FIELDS = ("status", "currentAttemptId", "businessId", "updatedAt")
 DETAIL_MAX_CHARS = 160
 _EPOCH_MS_MIN = 10**12  # 2001-09-09 in milliseconds: smaller "...At" numbers are seconds
@@ -36,7 +36,7 @@ def show_command(args) -> int:
     store = DynamoDBApprovalStore(client(session, "dynamodb"), table,
                                   stage.setting(settings.NONCES_TABLE))
     try:
-        history = store.history(code)
+        history = store.history(code, bodies=True)
     except Exception as exc:
         if error_code(exc) == "ResourceNotFoundException":
             raise OpsError(f"table {table} does not exist in {session.region_name}: create it "

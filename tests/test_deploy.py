@@ -385,8 +385,19 @@ def exercise_api_handler(gateway, zeyi, record):
         _ok(_http(gateway, "post", "/audit/cancel", cancel)[1])
         ended = dict(code="POL-API", businessId="proc-2", type="terminate", result=None)
         assert _callback(gateway, token, **ended)["disposition"] == "applied"
-        late = dict(code="POL-API", businessId="proc-2", type="finish", result="agree")
+        # A finish after its own instance's terminate was first at Zeyi; then nothing moves.
+        finish = dict(code="POL-API", businessId="proc-2", type="finish", result="agree")
+        assert _callback(gateway, token, **finish)["disposition"] == "applied"
+        late = dict(code="POL-API", businessId="proc-2", type="finish", result="refuse")
         assert _callback(gateway, token, **late)["disposition"] == "ignored"
+        # An agree for an earlier attempt's instance: that attempt is the current one again.
+        revoked = dict(code="POL-OLD", businessId="proc-3", type="terminate", result=None)
+        assert _callback(gateway, token, **revoked)["disposition"] == "applied"
+        _ok(_http(gateway, "post", "/audit/send",
+                  json.dumps(peer.send_body("POL-OLD")).encode())[1])
+        agreed = dict(code="POL-OLD", businessId="proc-3", type="finish", result="agree")
+        assert _callback(gateway, token, **agreed) == {"status": "AGREED",
+                                                       "disposition": "applied"}
 
 
 def exercise_send_approval(gateway, zeyi, record):

@@ -56,17 +56,17 @@ def test_show_renders_status_attempts_and_callbacks_as_tables(approval, capsys, 
     attempts = out.split("attempts (2, newest first; * current)\n")[1].split("\n\n")[0]
     header, *rows = attempts.splitlines()
     assert header.split() == ["ATTEMPT", "ID", "STATUS", "ORIGIN", "CREATED", "AT", "UPDATED",
-                              "AT", "SUPERSEDED", "BY"]
+                              "AT", "SUPERSEDED", "BY", "BUSINESS", "ID"]
     table_rows = [row for row in rows if not row.startswith("      ")]
     current, first = history["attempts"]
     assert table_rows[0].split()[:3] == [current["attemptId"] + "*", "AGREED", "send"]
     assert table_rows[1].split()[:3] == [first["attemptId"], "FAILED", "send"]
-    assert table_rows[1].split()[-1] == current["attemptId"]  # superseded by the resend
+    assert table_rows[1].split()[-2] == current["attemptId"]  # superseded by the resend
     assert re.search(rf"{ISO_MS}\s+{ISO_MS}", table_rows[0])
     # The request and Zeyi's answer are nested: one detail line each, under their attempt.
     details = [row.strip() for row in rows if row.startswith("      ")]
     assert any(d.startswith('request: {"code":"HT-OPS-1"') for d in details)
-    assert any(d.startswith('outcome: {"success":false') for d in details)
+    assert any(d.startswith('outcome: {"kind":"rejected"') for d in details)
 
     callbacks = out.split("callbacks (1, newest first)\n")[1]
     header, *rows = callbacks.splitlines()
@@ -82,7 +82,7 @@ def test_show_json_is_the_record_for_scripts(approval, capsys, tmp_path):
     status, out, _ = run_ops(capsys, "approvals", "show", approval, "--json", "--stage", "dev",
                              "--config", stage_config(tmp_path))
     assert status == 0
-    assert json.loads(out) == store().history(approval)
+    assert json.loads(out) == store().history(approval, bodies=True)
 
 
 def test_fields_the_renderer_does_not_know_are_shown_not_dropped(approval, capsys, tmp_path):

@@ -169,7 +169,7 @@ def test_make_run_shows_one_readable_line_per_request_and_logs_json_to_files(tmp
     shown = "".join(after)
     for line in after:
         assert line.startswith(("[gateway] ", "[zeyi]    ", "sandbox: ")) or not line.strip(), line
-    assert "[gateway] POST /audit/send 200 (" in shown
+    assert "[gateway] POST /audit/send 200 PENDING (" in shown
     assert f"[gateway] GET /audit/{code} 200 PENDING (" in shown
     assert f"[gateway] GET /audit/{code} 200 AGREED (" in shown
     assert shown.count(f"GET /audit/{code} ") == 2  # the inbox's poll left no line
