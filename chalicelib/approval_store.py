@@ -35,11 +35,13 @@ from chalicelib import states
 from chalicelib.errors import (
     ApprovalActiveError,
     ApprovalNotFoundError,
+    ApprovalNotOpenError,
     NonceReplayedError,
     ServiceUnavailableError,
     StoreError,
 )
 from chalicelib.logs import logger
+from chalicelib.tables import OPEN_INDEX, OPEN_SINCE_ATTRIBUTE, OPEN_STATUS_ATTRIBUTE
 
 HEAD = "HEAD"
 ATTEMPT_PREFIX = "ATTEMPT#"
@@ -56,8 +58,8 @@ PREVIEW_CHARS = {"auditType": 128, "auditUser": 200, "remark": 1000}
 # Newest first, at most this many in a status answer; the counts say how many there are.
 HISTORY_ATTEMPTS = 20
 HISTORY_CALLBACKS = 50
-CHANGED_BY_SEND, CHANGED_BY_ANSWER, CHANGED_BY_CANCEL, CHANGED_BY_CALLBACK = (
-    "send", "answer", "cancel", "callback")
+CHANGED_BY_SEND, CHANGED_BY_ANSWER, CHANGED_BY_CANCEL, CHANGED_BY_CALLBACK, CHANGED_BY_OPERATOR = (
+    "send", "answer", "cancel", "callback", "operator")
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,12 @@ class DynamoDBApprovalStore:
         it, such as recordings of late ones, do not make each other start over); else on the
         HEAD not existing yet.
         """
+        status = sets.get("status", {}).get("S")
+        if status in states.OPEN:  # the open-approvals index: see chalicelib.tables
+            sets = {**sets, OPEN_STATUS_ATTRIBUTE: sets["status"],
+                    OPEN_SINCE_ATTRIBUTE: sets["updatedAt"]}
+        elif status is not None:
+            removes = (*removes, OPEN_STATUS_ATTRIBUTE, OPEN_SINCE_ATTRIBUTE)
         names = {f"#h{i}": name for i, name in enumerate(sets)}
         values = dict(values or {})
         assignments = [f"#h{i} = :h{i}" for i in range(len(sets))]
@@ -667,6 +675,70 @@ class DynamoDBApprovalStore:
             # Moved again meanwhile: the attempt stays in doubt, which only means a late
             # callback of another instance may still be recorded under it.
             logger.info("a rejected attempt stays in doubt", extra={"code": code})
+
+    # -- operators -------------------------------------------------------------------------------
+
+    def resolve(self, code: str, status: str, *, reason: str, by: str) -> dict:
+        """Close an approval stuck open as FAILED or TERMINATED, an operator's override kept
+        with who and why on the HEAD and on the attempt. Returns the HEAD afterwards.
+
+        A decision Zeyi reports later still counts (states.decide_callback). Raises
+        ApprovalNotFoundError, ApprovalNotOpenError when the approval is not open, and
+        ServiceUnavailableError when concurrent writers keep winning.
+        """
+        event = {states.FAILED: states.RESOLVE_FAILED,
+                 states.TERMINATED: states.RESOLVE_TERMINATED}[status]
+        for _ in range(_TRIES):
+            head = self.get_head(code)
+            if head is None:
+                raise ApprovalNotFoundError(
+                    f"no approval was ever sent or called back for code {code}")
+            if head["status"] not in states.allowed_from(event):
+                raise ApprovalNotOpenError(
+                    f"code {code} is {head['status']}: only an open approval (SUBMITTING,"
+                    " PENDING, CANCELLING) can be resolved", result={"code": code,
+                                                                     "status": head["status"]})
+            now = self._now_ms()
+            resolution = _to_dynamo({"by": by, "reason": reason, "at": now,
+                                     "from": head["status"]})
+            try:
+                self._transact([
+                    self._head_update(code, {
+                        "status": _s(status), "updatedAt": _n(now),
+                        "changedBy": _s(CHANGED_BY_OPERATOR), "resolution": resolution,
+                    }, ("leaseExpiresAt",), read=head),
+                    self._attempt_update(code, head["attemptId"], {"resolution": resolution},
+                                         now),
+                ])
+            except _Cancelled:
+                continue
+            return self.get_head(code)
+        raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
+
+    def open_approvals(self, status: str, *, opened_before_ms: int | None = None,
+                       limit: int = 100) -> list[dict]:
+        """The HEADs of approvals open in ``status`` (SUBMITTING, PENDING or CANCELLING),
+        oldest first, that entered it before ``opened_before_ms``: a Query on the sparse
+        open-approvals index, never a Scan."""
+        values = {":status": _s(status)}
+        condition = "#open = :status"
+        if opened_before_ms is not None:
+            condition += " AND #since < :before"
+            values[":before"] = _n(opened_before_ms)
+        kwargs = {"TableName": self._approvals, "IndexName": OPEN_INDEX,
+                  "KeyConditionExpression": condition,
+                  "ExpressionAttributeNames": {"#open": OPEN_STATUS_ATTRIBUTE,
+                                               "#since": OPEN_SINCE_ATTRIBUTE}
+                  if opened_before_ms is not None else {"#open": OPEN_STATUS_ATTRIBUTE},
+                  "ExpressionAttributeValues": values}
+        heads: list[dict] = []
+        while len(heads) < limit:
+            page = self._call("query", **kwargs, Limit=limit - len(heads))
+            heads.extend(_plain(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return heads
 
     # -- reads -----------------------------------------------------------------------------------
 

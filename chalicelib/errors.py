@@ -125,6 +125,14 @@ class ApprovalActiveError(GatewayError):
     business = True
 
 
+class ApprovalNotOpenError(GatewayError):
+    """Only an open approval (SUBMITTING, PENDING, CANCELLING) can be resolved by an operator."""
+
+    error_code = "APPROVAL_NOT_OPEN"
+    status = 409
+    business = True
+
+
 class ApprovalNotCancellableError(GatewayError):
     """Only a PENDING approval can be cancelled."""
 

@@ -40,6 +40,10 @@ AGREE = "agree"
 REFUSE = "refuse"
 TERMINATE = "terminate"
 CALLBACK_EVENTS = (AGREE, REFUSE, TERMINATE)
+# An operator closes an approval stuck open (ops approvals resolve): Zeyi is known to have
+# created nothing (FAILED), or to have ended it without telling us (TERMINATED).
+RESOLVE_FAILED = "resolved_failed"
+RESOLVE_TERMINATED = "resolved_terminated"
 
 # Zeyi may still decide these.
 OPEN = frozenset({SUBMITTING, PENDING, CANCELLING})
@@ -68,6 +72,8 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     # first at Zeyi, and is the instance's decision.
     (TERMINATED, AGREE): AGREED,
     (TERMINATED, REFUSE): REFUSED,
+    **{(status, RESOLVE_FAILED): FAILED for status in OPEN},
+    **{(status, RESOLVE_TERMINATED): TERMINATED for status in OPEN},
 }
 AFTER_LEASE_ONLY = frozenset({(SUBMITTING, SEND), (CANCELLING, SEND)})
 

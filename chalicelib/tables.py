@@ -20,6 +20,12 @@ from dataclasses import dataclass, field
 
 NONCE_TTL_ATTRIBUTE = "expiresAt"
 APPROVALS_STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
+# A sparse index of the codes whose approval is still open (SUBMITTING, PENDING, CANCELLING):
+# only a HEAD in such a status carries ``openStatus``, keyed with the time it entered it, so
+# the oldest of each status is a Query, never a Scan.
+OPEN_INDEX = "open-approvals"
+OPEN_STATUS_ATTRIBUTE = "openStatus"
+OPEN_SINCE_ATTRIBUTE = "openSince"
 _WAITER = {"Delay": 1, "MaxAttempts": 120}
 _PITR_TRIES = 10
 
@@ -30,16 +36,28 @@ def approvals_table_definition(name: str) -> dict:
         "AttributeDefinitions": [
             {"AttributeName": "code", "AttributeType": "S"},
             {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": OPEN_STATUS_ATTRIBUTE, "AttributeType": "S"},
+            {"AttributeName": OPEN_SINCE_ATTRIBUTE, "AttributeType": "N"},
         ],
         "KeySchema": [
             {"AttributeName": "code", "KeyType": "HASH"},
             {"AttributeName": "sk", "KeyType": "RANGE"},
         ],
+        "GlobalSecondaryIndexes": [open_index_definition()],
         "BillingMode": "PAY_PER_REQUEST",
         "SSESpecification": {"Enabled": True},
         "StreamSpecification": {"StreamEnabled": True,
                                 "StreamViewType": APPROVALS_STREAM_VIEW_TYPE},
         "DeletionProtectionEnabled": True,
+    }
+
+
+def open_index_definition() -> dict:
+    return {
+        "IndexName": OPEN_INDEX,
+        "KeySchema": [{"AttributeName": OPEN_STATUS_ATTRIBUTE, "KeyType": "HASH"},
+                      {"AttributeName": OPEN_SINCE_ATTRIBUTE, "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"},  # a HEAD is small
     }
 
 
@@ -114,6 +132,22 @@ def _fixes(dynamodb, table: dict, definition: dict, ttl_attribute: str | None,
                 f" (aws dynamodb update-table --table-name {name} --stream-specification"
                 " StreamEnabled=false), then run the bootstrap again; the stream ARN changes",
                 ""))
+
+    for index in definition.get("GlobalSecondaryIndexes", ()):
+        if all(existing["IndexName"] != index["IndexName"]
+               for existing in table.get("GlobalSecondaryIndexes", ())):
+            def create_index(index=index):
+                keys = {key["AttributeName"] for key in index["KeySchema"]}
+                dynamodb.update_table(
+                    TableName=name,
+                    AttributeDefinitions=[attribute for attribute
+                                          in definition["AttributeDefinitions"]
+                                          if attribute["AttributeName"] in keys],
+                    GlobalSecondaryIndexUpdates=[{"Create": index}])
+                _wait_active(dynamodb, name)
+            fixes.append(Fix(f"index {index['IndexName']} is missing",
+                             f"created index {index['IndexName']} (it fills in the background)",
+                             create_index))
 
     backups = dynamodb.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
     pitr = backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")

@@ -1,4 +1,6 @@
-"""``python -m ops approvals show CODE``: one approval's status, attempts and callbacks.
+"""``python -m ops approvals show|list|resolve``: look at approvals, find the stuck ones, close one.
+
+``show CODE``: one approval's status, attempts and callbacks.
 
 Reads through the gateway's own store (``DynamoDBApprovalStore.history``), so it shows exactly what
 ``GET /audit/{code}`` answers. For people it renders tables; ``--json`` prints the record as is,
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import unicodedata
 from datetime import UTC, datetime
 
 from chalicelib import settings
 from chalicelib.approval_store import DynamoDBApprovalStore
+from chalicelib.errors import GatewayError
 from chalicelib.payloads import validate_code
 from ops.common import OpsError, aws_session, client, error_code
 from ops.stage_config import load_stage
@@ -28,25 +32,90 @@ DETAIL_MAX_CHARS = 160
 _EPOCH_MS_MIN = 10**12  # 2001-09-09 in milliseconds: smaller "...At" numbers are seconds
 
 
-def show_command(args) -> int:
+LIST_COLUMNS = ("code", "status", "openSince", "attemptId", "leaseExpiresAt", "updatedAt")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _store(args):
+    """(store, its stage, a function that reads through it with one-line errors)."""
     stage = load_stage(args.stage, args.config)
-    code = validate_code(args.code)
     session = aws_session(args.region)
     table = stage.setting(settings.APPROVALS_TABLE)
     store = DynamoDBApprovalStore(client(session, "dynamodb"), table,
                                   stage.setting(settings.NONCES_TABLE))
-    try:
-        history = store.history(code, bodies=True)
-    except Exception as exc:
-        if error_code(exc) == "ResourceNotFoundException":
-            raise OpsError(f"table {table} does not exist in {session.region_name}: create it "
-                           f"with `python -m ops.bootstrap --stage {stage.name}`") from None
-        raise
+
+    def read(action):
+        try:
+            return action()
+        except GatewayError as exc:
+            raise OpsError(exc.message) from None
+        except Exception as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                raise OpsError(f"table {table} does not exist in {session.region_name}: create "
+                               f"it with `python -m ops.bootstrap --stage {stage.name}`") from None
+            raise
+    return store, stage, read
+
+
+def show_command(args) -> int:
+    code = validate_code(args.code)
+    store, _, read = _store(args)
+    history = read(lambda: store.history(code, bodies=True))
     if args.json:
         print(json.dumps(history, ensure_ascii=False, indent=2))
     else:
         print(render(history))
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``15m``, ``2h``, ``7d``. Raises OpsError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise OpsError(f"a duration is a number and one of s, m, h, d (7d, 2h, 90m), got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def list_command(args, *, clock=time.time) -> int:
+    """The open approvals in one status, oldest first: a Query on the open-approvals index."""
+    store, _, read = _store(args)
+    before = None
+    if args.older_than:
+        before = int((clock() - parse_duration(args.older_than)) * 1000)
+    heads = read(lambda: store.open_approvals(args.status, opened_before_ms=before,
+                                              limit=args.limit))
+    if args.json:
+        print(json.dumps(heads, ensure_ascii=False, indent=2))
+        return 0
+    older = f" open for more than {args.older_than}" if args.older_than else ""
+    print(f"{len(heads)} {args.status} approval(s){older}, oldest first"
+          + (f" (the first {args.limit})" if len(heads) == args.limit else ""))
+    print("\n".join(_table([{name: head.get(name) for name in LIST_COLUMNS if name in head}
+                            for head in heads], LIST_COLUMNS)))
+    return 0
+
+
+def resolve_command(args) -> int:
+    """An operator's override of an approval stuck open; who and why are kept in its history."""
+    code = validate_code(args.code)
+    if not args.reason.strip():
+        raise OpsError("--reason must say why: it is kept in the approval's history")
+    store, _, read = _store(args)
+    by = args.by or _caller(args)
+    head = read(lambda: store.resolve(code, args.status, reason=args.reason.strip(), by=by))
+    print(f"{code}: {head['resolution']['from']} → {head['status']} (by {by}); a decision Zeyi "
+          "reports later still counts")
+    return 0
+
+
+def _caller(args) -> str:
+    """Who is running this: the AWS identity the command's credentials belong to."""
+    try:
+        return client(aws_session(args.region), "sts").get_caller_identity()["Arn"]
+    except Exception as exc:
+        raise OpsError(f"cannot tell who you are ({error_code(exc) or type(exc).__name__}):"
+                       " pass --by NAME") from None
 
 
 def render(history: dict) -> str:

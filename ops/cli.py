@@ -44,6 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the record as JSON, for scripts")
     show.set_defaults(handler=approvals.show_command)
 
+    listing = approvals_group.add_parser(
+        "list", parents=[stage], help="open approvals in one status, oldest first",
+        description="The approvals open in one status, oldest first (a Query on the "
+                    "open-approvals index, never a Scan): SUBMITTING past its lease, CANCELLING "
+                    "past its lease and PENDING for days are the stuck ones.")
+    listing.add_argument("--status", required=True, choices=["SUBMITTING", "PENDING",
+                                                             "CANCELLING"])
+    listing.add_argument("--older-than", metavar="DURATION",
+                         help="only those in that status for longer: 90s, 15m, 2h, 7d")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    listing.add_argument("--json", action="store_true", help="print them as JSON, for scripts")
+    listing.set_defaults(handler=approvals.list_command)
+
+    resolve = approvals_group.add_parser(
+        "resolve", parents=[stage], help="close an approval stuck open",
+        description="An operator's override for an approval stuck open: FAILED when Zeyi "
+                    "created nothing, TERMINATED when Zeyi ended it without calling back. Who "
+                    "and why are kept in its history; a decision Zeyi reports later still "
+                    "counts.")
+    resolve.add_argument("code")
+    resolve.add_argument("--status", required=True, choices=["TERMINATED", "FAILED"])
+    resolve.add_argument("--reason", required=True, help="why: kept in the history")
+    resolve.add_argument("--by", help="who (default: the caller's AWS identity)")
+    resolve.set_defaults(handler=approvals.resolve_command)
+
     secrets_group = _group(groups, "secrets", "rotate the gateway's credentials")
     add = secrets_group.add_parser(
         "add-inbound", parents=[stage], help="add an inbound credential next to the current ones",

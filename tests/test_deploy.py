@@ -726,6 +726,8 @@ def test_resources_template_matches_chalicelib_tables():
         assert properties["KeySchema"] == definition["KeySchema"]
         assert properties["AttributeDefinitions"] == definition["AttributeDefinitions"]
         assert properties["BillingMode"] == definition["BillingMode"]
+        assert properties.get("GlobalSecondaryIndexes", []) == definition.get(
+            "GlobalSecondaryIndexes", [])
         assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"]
         assert properties["SSESpecification"]["SSEEnabled"]
         assert properties["DeletionProtectionEnabled"] is definition["DeletionProtectionEnabled"]

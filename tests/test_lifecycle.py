@@ -336,3 +336,43 @@ def test_any_other_cancellation_reason_is_a_defect_and_not_retried(aws_env):
     assert "ValidationError" in caught.value.message
     assert interfering.transactions == 1
     assert not isinstance(caught.value, ServiceUnavailableError)
+
+
+# -- operators and the open-approvals index ----------------------------------------------------------
+
+def test_an_operators_resolution_never_hides_a_decision_zeyi_reports_later(store, zeyi):
+    zeyi.faults.append("lost_after")
+    with pytest.raises(UpstreamOutcomeUnknownError):
+        send(store, zeyi, "HT-12")
+    store.resolve("HT-12", "TERMINATED", reason="looked stuck", by="ops")
+    assert status(store, "HT-12") == "TERMINATED"
+    outcome = deliver(store, zeyi.decide(zeyi.latest("HT-12"), "agree"))
+    assert (outcome.disposition, outcome.status) == ("applied", "AGREED")
+
+
+def test_the_open_index_holds_exactly_the_open_approvals(store, zeyi, clock):
+    send(store, zeyi, "OPEN-1")
+    zeyi.faults.append("lost_before")
+    with pytest.raises(UpstreamOutcomeUnknownError):
+        send(store, zeyi, "OPEN-2")
+    send(store, zeyi, "OPEN-3")
+    cancel(store, zeyi, "OPEN-3")
+    send(store, zeyi, "DONE-1")
+    deliver(store, zeyi.decide(zeyi.latest("DONE-1"), "refuse"))
+
+    def open_codes(status):
+        return [head["code"] for head in store.open_approvals(status)]
+
+    assert (open_codes("PENDING"), open_codes("SUBMITTING"), open_codes("CANCELLING")) == (
+        ["OPEN-1"], ["OPEN-2"], ["OPEN-3"])
+    deliver(store, zeyi.owed[0])  # OPEN-3's terminate
+    assert open_codes("CANCELLING") == []
+    later = int((clock() + 1) * 1000)
+    calls = []
+    aws.client("dynamodb").meta.events.register(
+        "provide-client-params.dynamodb",
+        lambda model, params, **kwargs: calls.append((model.name, params.get("IndexName"))))
+    assert [h["code"] for h in store.open_approvals("PENDING", opened_before_ms=later)] == [
+        "OPEN-1"]
+    assert store.open_approvals("PENDING", opened_before_ms=later - 60_000) == []
+    assert set(calls) == {("Query", "open-approvals")}  # an index Query, never a Scan

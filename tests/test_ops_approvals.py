@@ -128,3 +128,71 @@ def test_a_missing_table_names_the_table_and_the_fix(moto_server, monkeypatch, c
     assert err == (f"error: table {APPROVALS_TABLE} does not exist in us-east-1: create it "
                    "with `python -m ops.bootstrap --stage dev`\n")
 
+
+
+# -- list: the stuck ones, from the open-approvals index -------------------------------------------
+
+def test_list_finds_the_oldest_open_approvals_of_a_status(aws_env, capsys, tmp_path):
+    now = [1_800_000_000.0]
+    store_ = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
+                                   clock=lambda: now[0])
+    for code, age_days in (("OLD-2", 8), ("OLD-1", 9), ("NEW-1", 1)):
+        now[0] = 1_800_000_000.0 - age_days * 86400
+        attempt = store_.claim(code, {"code": code}, 120)
+        store_.settle_send(code, attempt, "PENDING", {"kind": "accepted"})
+    store_.claim("SUB-1", {"code": "SUB-1"}, 120)  # SUBMITTING: another status
+
+    import ops.approvals
+
+    args = ["approvals", "list", "--status", "PENDING", "--older-than", "7d", "--stage", "dev",
+            "--config", stage_config(tmp_path)]
+    original = ops.approvals.list_command
+    ops.approvals.list_command = lambda a: original(a, clock=lambda: 1_800_000_000.0)
+    try:
+        status, out, err = run_ops(capsys, *args)
+        json_status, json_out, _ = run_ops(capsys, *args, "--json")
+    finally:
+        ops.approvals.list_command = original
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == "2 PENDING approval(s) open for more than 7d, oldest first"
+    assert [line.split()[0] for line in lines[2:]] == ["OLD-1", "OLD-2"]
+    assert [head["code"] for head in json.loads(json_out)] == ["OLD-1", "OLD-2"]
+
+
+def test_list_refuses_a_duration_it_cannot_read(aws_env, capsys, tmp_path):
+    status, _, err = run_ops(capsys, "approvals", "list", "--status", "PENDING", "--older-than",
+                             "a week", "--stage", "dev", "--config", stage_config(tmp_path))
+    assert status == 1 and err.startswith("error: a duration is a number and one of s, m, h, d")
+
+
+# -- resolve: an operator's override, kept with who and why -----------------------------------------
+
+def test_resolve_closes_a_stuck_approval_and_keeps_who_and_why(aws_env, capsys, tmp_path):
+    store_ = store()
+    store_.claim("STUCK-1", {"code": "STUCK-1"}, 120)
+    status, out, err = run_ops(capsys, "approvals", "resolve", "STUCK-1", "--status", "FAILED",
+                               "--reason", "Zeyi support: never received", "--stage", "dev",
+                               "--config", stage_config(tmp_path))
+    assert (status, err) == (0, "")
+    assert out.startswith("STUCK-1: SUBMITTING → FAILED (by arn:aws:sts::")
+    record = store_.history("STUCK-1")
+    assert record["status"] == "FAILED"
+    resolution = record["attempts"][0]["resolution"]
+    assert resolution["reason"] == "Zeyi support: never received"
+    assert resolution["by"].startswith("arn:aws:sts::") and resolution["from"] == "SUBMITTING"
+    assert store_.open_approvals("SUBMITTING") == []  # it left the open-approvals index
+
+    again = run_ops(capsys, "approvals", "resolve", "STUCK-1", "--status", "TERMINATED",
+                    "--reason", "x", "--by", "me", "--stage", "dev",
+                    "--config", stage_config(tmp_path))
+    assert again[0] == 1 and again[2] == (
+        "error: code STUCK-1 is FAILED: only an open approval (SUBMITTING, PENDING, CANCELLING)"
+        " can be resolved\n")
+
+
+def test_resolve_needs_a_reason(aws_env, capsys, tmp_path):
+    status, _, err = run_ops(capsys, "approvals", "resolve", "X-1", "--status", "FAILED",
+                             "--reason", " ", "--by", "me", "--stage", "dev",
+                             "--config", stage_config(tmp_path))
+    assert status == 1 and "--reason must say why" in err

@@ -58,6 +58,8 @@ def run_ops(capsys, *argv) -> tuple[int, str, str]:
 # Every command with the arguments it needs: each must fail the same way without AWS access.
 COMMANDS = [
     ["approvals", "show", "HT-1"],
+    ["approvals", "list", "--status", "PENDING", "--older-than", "7d"],
+    ["approvals", "resolve", "HT-1", "--status", "FAILED", "--reason", "stuck", "--by", "me"],
     ["secrets", "add-inbound"],
     ["secrets", "retire-inbound", "some-key"],
     ["secrets", "last-seen", "some-key"],
