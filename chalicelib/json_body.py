@@ -74,13 +74,14 @@ def _too_deep(text: str) -> bool:
     # would be quadratic on a run of escaped quotes.
     depth, position = 0, 0
     while match := _STRUCTURE.search(text, position):
-        if match.group() == '"':
+        char = match.group()
+        if char == '"':
             try:
                 position = scanstring(text, match.end(), True)[1]
             except ValueError:
                 return False  # not JSON, and json.loads stops there, no deeper than counted
             continue
-        depth += 1 if match.group() in "[{" else -1
+        depth += 1 if char in ("[", "{") else -1
         if depth > MAX_DEPTH:
             return True
         position = match.end()
