@@ -301,3 +301,11 @@ def test_a_ciphertext_with_a_character_outside_base64_is_refused_not_skipped():
             codec.decrypt(sealed[:8] + inserted + sealed[8:])
     with pytest.raises(BodyInvalidError):
         codec.decrypt(sealed[:-4])  # not whole blocks
+
+
+@pytest.mark.parametrize("app_key", ["a", "ab", "abc", "abcd", "abcde", "abcdef", "k" * 31])
+def test_tokens_verify_for_every_payload_length(app_key):
+    # The payload's Base64 length, and so the padding its decoder must restore, follows the
+    # appKey's length: every residue modulo 4 occurs here.
+    token = tokens.issue_token(KEYS, app_key, 60, clock=lambda: NOW)
+    tokens.verify_authorization(KEYS, f"Bearer {token}", app_key, clock=lambda: NOW)
