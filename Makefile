@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint demo package clean
+.PHONY: run test lint demo package mutation clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ demo: $(STAMP)
 # sizes, fail on a dependency chalice could not install or on more than 10 MB zipped.
 package: $(STAMP)
 	$(PY) -m ops.package --stage $(if $(STAGE),$(STAGE),dev)
+
+# Mutation testing of the validation modules (tools/mutation.py); not part of `make test`.
+# MODULES=... narrows it to some modules; JOBS sets the parallel runs (2 by default).
+mutation: $(STAMP)
+	$(PY) -m tools.mutation --jobs $(if $(JOBS),$(JOBS),2) $(MODULES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

@@ -103,3 +103,47 @@ def test_the_sandbox_conforms_to_its_contract(stack, token, path, method, mode):
         # Valid, signed requests get through every check to the store and to Zeyi. (A cancel
         # needs a PENDING approval of its code: a generated code has none, and gets 404.)
         assert any(status == 200 for status in seen), seen
+
+
+# -- what Chalice's test client cannot show: the same answers over real HTTP ---------------------
+
+WRONG_METHODS = [(path, method, allowed, status)
+                 for path, allowed, status in [("/auth/token", "POST", 400),
+                                               ("/dingtalkAudit/callback", "POST", 400),
+                                               ("/audit/send", "POST", 405),
+                                               ("/audit/cancel", "POST", 405),
+                                               ("/audit/E2E-NONE", "GET", 405)]
+                 for method in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
+                 if method != allowed]
+
+
+@pytest.mark.parametrize(("path", "method", "allowed", "status"), WRONG_METHODS,
+                         ids=[f"{m} {p}" for p, m, _, _ in WRONG_METHODS])
+def test_every_other_method_over_http_gets_the_envelope(stack, path, method, allowed, status):
+    response = requests.request(method, f"{stack.gateway_url}{path}", data=b"{}",
+                                headers={"Content-Type": "text/plain"},
+                                timeout=REQUEST_TIMEOUT_SECONDS)
+    assert (response.status_code, response.headers["Allow"]) == (status, allowed)
+    if method != "HEAD":  # a HEAD answer has no body
+        answer = response.json()
+        assert answer["errorCode"] == "METHOD_NOT_ALLOWED" and answer["success"] is False
+        assert set(answer) == {"success", "businessException", "errorCode", "message", "result"}
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x"])
+def test_a_get_with_a_content_type_over_http_is_looked_up(stack, content_type):
+    response = requests.get(f"{stack.gateway_url}/audit/E2E-NONE",
+                            headers={"Content-Type": content_type},
+                            timeout=REQUEST_TIMEOUT_SECONDS)
+    assert (response.status_code, response.json()["errorCode"]) == (404, "APPROVAL_NOT_FOUND")
+
+
+@pytest.mark.parametrize("path", ["/auth/token", "/dingtalkAudit/callback", "/audit/send",
+                                  "/audit/cancel"])
+def test_ten_thousand_levels_of_json_over_http_are_refused(stack, token, path):
+    body = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+    headers = _signed(body, token if path == "/dingtalkAudit/callback" else None)
+    response = requests.post(f"{stack.gateway_url}{path}", data=body, headers=headers,
+                             timeout=REQUEST_TIMEOUT_SECONDS)
+    code = "BODY_INVALID" if path in ZEYI_PATHS else "VALIDATION_ERROR"
+    assert (response.status_code, response.json()["errorCode"]) == (400, code)
