@@ -84,6 +84,7 @@ def test_credentials_never_show_their_secret_in_repr():
     credential = parse_outbound("s", json.dumps(
         {"appKey": "k", "appSecret": "0123456789abcdef", "iv": "0102030405060708"}))
     assert "0123456789abcdef" not in repr(credential)
+    assert "0102030405060708" not in repr(credential)  # the iv is key material too
 
 
 class FakeSecretsManager:
