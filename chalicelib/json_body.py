@@ -62,8 +62,8 @@ def field_label(name: object, max_chars: int = 64) -> str:
     included) escaped, and cut short, so a hostile name can neither break the response's
     encoding nor fill it."""
     text = name if isinstance(name, str) else repr(name)
-    escaped = "".join(char if char.isprintable() and not _SURROGATE.match(char)
-                      else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+    # A lone surrogate is not printable (category Cs), so it is escaped like a control character.
+    escaped = "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
                       for char in text[:max_chars + 1])
     return escaped if len(escaped) <= max_chars else escaped[:max_chars - 3] + "..."
 
@@ -72,12 +72,12 @@ def _too_deep(text: str) -> bool:
     # Strings are skipped with json's own (C) string scanner, so a bracket inside a string is
     # never counted and the count is exact for any text json.loads accepts. A regex for strings
     # would be quadratic on a run of escaped quotes.
-    depth, position = 0, 0
+    depth = position = 0
     while match := _STRUCTURE.search(text, position):
         char = match.group()
         if char == '"':
             try:
-                position = scanstring(text, match.end(), True)[1]
+                position = scanstring(text, match.end())[1]
             except ValueError:
                 return False  # not JSON, and json.loads stops there, no deeper than counted
             continue

@@ -212,7 +212,7 @@ def _form_item(item: object, where: str, problems: list[str]) -> None:
 
 
 def _is_http_url(value: str) -> bool:
-    if any(char.isspace() or ord(char) < 0x20 for char in value):
+    if any(char.isspace() or not char.isprintable() for char in value):
         return False
     try:
         parts = urlsplit(value)

@@ -167,7 +167,8 @@ def _string_variants(where, schema, put):
         yield f"{where} empty", put("")
     yield f"{where} blank", put("   ")
     for bad in ("a/b", "-x", ".x", "a b", "有中文", "a\nb", "a\x00b", "a\u2028b", "a\u200bb",
-                "ftp://h/f", "http://", "https://h/a b", "http://h\x01/x", "HTTP://h:8080/a?b"):
+                "ftp://h/f", "http://", "https://h/a b", "http://h\x01/x", "http://h/\x7f",
+                "HTTP://h:8080/a?b"):
         yield f"{where} {bad!r}", put(bad)
 
 

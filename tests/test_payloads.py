@@ -240,3 +240,33 @@ def test_extend_value_may_be_empty_null_or_up_to_10000_characters():
     for extend in ("", None, "e" * 10_000):
         validate_send(send_body(auditFormList=[{"type": "text", "key": "k", "value": "v",
                                                 "extendValue": extend}]))
+
+
+def problem_list(call, payload) -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        call(payload)
+    return caught.value.result["problems"]
+
+
+def test_unknown_fields_are_named_exactly():
+    assert problem_list(validate_send, send_body(extra=1)) == [
+        "extra is not a field of a send request"]
+    assert problem_list(validate_cancel, cancel_body(extra=1)) == [
+        "extra is not a field of a cancel request"]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("", "auditFormList[0].value must not be empty"),
+    (" ", "auditFormList[0].value must not be empty"),
+    ("https://h/a\x7fb", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\u200bb", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\x1fb", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\x01b", "auditFormList[0].value must be an http or https URL for a file"),
+])
+def test_a_file_value_must_be_a_printable_url(value, problem):
+    assert problem_list(validate_send, send_body(
+        auditFormList=[{"type": "file", "key": "f", "value": value}])) == [problem]
+
+
+def test_a_text_value_may_hold_anything_printable_or_not():
+    validate_send(send_body(auditFormList=[{"type": "text", "key": "k", "value": "a\x7f\x01 b"}]))

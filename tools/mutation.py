@@ -192,8 +192,9 @@ class _Mutator(ast.NodeTransformer):
         return self.generic_visit(node)
 
     def visit_Return(self, node):
-        returns_something = node.value is not None and not (
-            isinstance(node.value, ast.Constant) and node.value.value is None)
+        # A returned constant is mutated as a constant (True <-> False, n +/- 1); None in
+        # place of False would be the same answer to an `if`.
+        returns_something = node.value is not None and not isinstance(node.value, ast.Constant)
         if returns_something and self._point(f"`{self._text(node)}` -> return None"):
             return ast.Return(value=ast.Constant(None))
         return self.generic_visit(node)
