@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import struct
 
 import pytest
@@ -314,6 +316,75 @@ def test_callbacks_that_are_refused_name_the_field(fields, problem):
 def test_every_bad_callback_field_is_named_at_once():
     message = callback_problems(code=..., businessId=..., remark=3)
     assert message.count(";") == 2
+
+
+# -- what a verified callback stores and logs ------------------------------------------------------
+
+class FakeCallbackStore:
+    def __init__(self):
+        self.records = []
+
+    def record_callback(self, record, ttl_seconds):
+        from chalicelib.approval_store import CallbackOutcome
+
+        self.records.append((record, ttl_seconds))
+        return CallbackOutcome("applied", "AGREED")
+
+
+@pytest.fixture
+def logged():
+    from chalicelib.logs import logger
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    std_logger = logging.getLogger(logger.name)
+    std_logger.addHandler(handler)
+    logger.clear_state()
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    std_logger.removeHandler(handler)
+    logger.clear_state()
+
+
+def test_a_callback_is_recorded_as_sent_and_logged_by_its_identity(logged):
+    body = callback(auditUser="李四", auditType="PAYMENT", remark="同意").encode("utf-8")
+    settings = dataclasses.replace(load_settings(), callback_require_token=False)
+    store = FakeCallbackStore()
+    outcome = inbound.handle_callback(inbound.InboundRequest(headers(body), body),
+                                      credentials=CREDENTIALS, token_keys=None, store=store,
+                                      settings=settings, clock=clock)
+    assert (outcome.disposition, outcome.status) == ("applied", "AGREED")
+    ((record, ttl_seconds),) = store.records
+    assert (record.code, record.business_id, record.type, record.result) == (
+        "HT-1", "bid-1", "finish", "agree")
+    assert (record.audit_type, record.audit_user, record.remark) == ("PAYMENT", "李四", "同意")
+    assert (record.body, record.app_key, record.nonce) == (body.decode(), APP_KEY, "abc123")
+    assert ttl_seconds == settings.nonce_ttl_seconds
+    line = next(line for line in logged() if line["message"] == "callback applied")
+    assert {k: line[k] for k in ("appKey", "nonce", "code", "businessId", "type", "result",
+                                 "status")} == {
+        "appKey": APP_KEY, "nonce": "abc123", "code": "HT-1", "businessId": "bid-1",
+        "type": "finish", "result": "agree", "status": "AGREED"}
+
+
+def test_a_refused_callback_is_logged_with_its_call_but_no_code(logged):
+    body = b'{"code": 1}'
+    settings = dataclasses.replace(load_settings(), callback_require_token=False)
+    with pytest.raises(BodyInvalidError):
+        inbound.handle_callback(inbound.InboundRequest(headers(body), body),
+                                credentials=CREDENTIALS, token_keys=None,
+                                store=FakeCallbackStore(), settings=settings, clock=clock)
+    from chalicelib.logs import logger
+
+    logger.warning("probe")
+    probe = next(line for line in logged() if line["message"] == "probe")
+    assert (probe["appKey"], probe["nonce"]) == (APP_KEY, "abc123") and "code" not in probe
+
+
+def test_an_issued_token_is_logged_with_its_call(logged):
+    issue(b"{}")
+    line = next(line for line in logged() if line["message"] == "access token issued")
+    assert (line["appKey"], line["nonce"]) == (APP_KEY, "abc123")
 
 
 # -- IP allowlist ----------------------------------------------------------------------------------
