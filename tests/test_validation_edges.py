@@ -71,6 +71,17 @@ def test_brackets_inside_strings_and_escaped_quotes_do_not_count():
     parse('{"a":' * 15 + '"\\\\"' + "}" * 15)  # an escaped backslash ends the string
 
 
+def test_depth_is_counted_from_the_first_bracket_wherever_it_starts():
+    parse(" \n" + nested(16))
+    assert "deeper" in refusal(" \n" + nested(17))
+
+
+def test_a_closed_sibling_gives_back_exactly_its_own_level():
+    # {"x":[], "y": 16 levels}: the list closes to depth 1, then 16 more make 17.
+    assert "deeper" in refusal('{"x":[],"y":' + nested(16) + "}")
+    parse('{"x":[],"y":' + nested(15) + "}")
+
+
 def test_closing_brackets_bring_the_depth_back_down():
     # 40 sibling objects, each one level deep: never deeper than 2.
     parse('{"a":[' + ",".join(["{}"] * 40) + "]}")
