@@ -436,14 +436,4 @@ def test_the_state_names_and_sets_are_the_documented_ones():
     assert (states.SUBMITTING, states.PENDING, states.CANCELLING, states.AGREED, states.REFUSED,
             states.TERMINATED, states.FAILED) == ("SUBMITTING", "PENDING", "CANCELLING",
                                                   "AGREED", "REFUSED", "TERMINATED", "FAILED")
-    assert {"SUBMITTING", "PENDING", "CANCELLING", "AGREED"} == states.ACTIVE
     assert {"SUBMITTING", "PENDING", "CANCELLING"} == states.OPEN
-
-
-@pytest.mark.parametrize(("callback_type", "result", "status"), [
-    ("finish", "agree", "AGREED"), ("finish", "refuse", "REFUSED"),
-    ("terminate", None, "TERMINATED"), ("terminate", "agree", "TERMINATED"),
-    ("terminate", "refuse", "TERMINATED"),
-])
-def test_what_each_callback_announces(callback_type, result, status):
-    assert states.status_after_callback(callback_type, result) == status
