@@ -76,10 +76,16 @@ def test_every_route_and_method_of_the_app_is_documented_and_nothing_else():
     assert {method for _, method in routed} == METHODS
 
 
+# Raised by operator tooling only, never answered by a route: `python -m ops approvals resolve`
+# refuses an approval that is not open (main, issue 12).
+OPERATOR_ONLY = {"APPROVAL_NOT_OPEN"}
+
+
 def test_every_error_code_the_code_can_raise_is_documented_and_none_is_invented():
     raised = {cls.error_code for _, cls in inspect.getmembers(errors, inspect.isclass)
               if issubclass(cls, errors.GatewayError) and isinstance(cls.error_code, str)}
     raised |= {"UPSTREAM_REJECTED"}  # UpstreamRejectedError's, when Zeyi gives no errorCode
+    raised -= OPERATOR_ONLY
     text = yaml.safe_dump(SPEC, allow_unicode=True)
     documented = {word for word in raised if word in text}
     assert documented == raised
