@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint demo package clean
+.PHONY: run test lint demo package mutation clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 # deployed stage without VPC settings (python -m ops config fill-vpc) unless it opts out.
 package: $(STAMP)
 	$(PY) -m ops.package --stage $(if $(STAGE),$(STAGE),dev)
+
+# Mutation testing of the validation modules (tools/mutation.py); not part of `make test`.
+# MODULES=... narrows it to some modules; JOBS sets the parallel runs (2 by default).
+mutation: $(STAMP)
+	$(PY) -m tools.mutation --jobs $(if $(JOBS),$(JOBS),2) $(MODULES)
 
 # Everything make creates: the venv, tool caches, the sandbox's logs, packages and test artifacts.
 clean:

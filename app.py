@@ -2,18 +2,21 @@
 
 Zeyi calls /auth/token and /dingtalkAudit/callback (signed; token; optional IP allowlist).
 Internal apps call /audit/* (IAM-signed in deployed stages) or invoke the Lambda functions.
-Every answer, including every failure, is Zeyi's envelope.
+Every answer to every method on every route, including every failure, is Zeyi's envelope.
 """
 from __future__ import annotations
 
-import json
-
 from chalice import Chalice, IAMAuthorizer, Response
 
-from chalicelib import aws, envelope, inbound
+from chalicelib import aws, envelope, inbound, json_body
 from chalicelib.approval_store import DynamoDBApprovalStore
 from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
-from chalicelib.errors import GatewayError, ValidationError
+from chalicelib.errors import (
+    BodyInvalidError,
+    GatewayError,
+    MethodNotAllowedError,
+    ValidationError,
+)
 from chalicelib.ip_allowlist import check_source_ip
 from chalicelib.logs import logger
 from chalicelib.secrets_cache import SecretsCache
@@ -23,10 +26,22 @@ app = Chalice(app_name="jinrun-approval-gateway")
 iam = IAMAuthorizer()
 ZEYI_ROUTES = ("/auth/token", "/dingtalkAudit/callback")
 # Zeyi may send application/json, with or without charset, or text/plain (encrypted bodies):
-# every content type reaches the view, which reads the raw body itself.
+# every content type reaches the view, which reads the raw body itself. A GET too, or Chalice
+# would answer a GET with a Content-Type its own 415 body.
 ANY_CONTENT_TYPE = ["*/*"]
-OTHER_METHODS = ["GET", "PUT", "DELETE", "PATCH"]
+# Every method is routed to a view: API Gateway answers a method it was not given with its own
+# 403 "Missing Authentication Token", and Chalice with {"Code": "MethodNotAllowedError"} (and an
+# empty 200 to OPTIONS), none of them the envelope.
+ALL_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 JSON_HEADERS = {"Content-Type": "application/json;charset=utf-8"}
+# Zeyi's HTTP stack (its Java SDK 1.0.0) reads a reply body only for a status up to 400; any
+# other 4xx becomes a bare exception and the errorCode is lost. So on Zeyi's routes every refusal
+# is 400; our own faults stay 5xx, so that Zeyi retries them.
+ZEYI_REFUSAL_STATUS = 400
+
+
+def _other_methods(allowed: str) -> list[str]:
+    return [method for method in ALL_METHODS if method != allowed]
 
 # -- composition root: one of each per container, built on first use --------------------------
 
@@ -75,25 +90,62 @@ def _zeyi_client(settings: Settings):
 
 # -- mapping results and errors to the envelope --------------------------------------------------
 
-def _envelope_of(action) -> tuple[int, dict]:
+def http_status(error: GatewayError, *, zeyi_route: bool) -> int:
+    """The one status policy: REST statuses on the internal routes; on Zeyi's, 400 for every
+    refusal and the error's own 5xx for our faults."""
+    if zeyi_route and error.status < 500:
+        return ZEYI_REFUSAL_STATUS
+    return error.status
+
+
+def _envelope_of(action, *, zeyi_route: bool = False) -> tuple[int, dict]:
     logger.clear_state()  # keys appended while handling the previous request
     try:
         return 200, action()
     except GatewayError as exc:
         log = logger.error if exc.status >= 500 else logger.warning
         log("request refused", extra={"errorCode": exc.error_code, "reason": exc.message})
-        return exc.status, envelope.failure(exc.error_code, exc.message,
-                                            business=exc.business, result=exc.result)
+        return http_status(exc, zeyi_route=zeyi_route), envelope.failure(
+            exc.error_code, exc.message, business=exc.business, result=exc.result)
     except Exception:
         # The traceback goes to the log only; the caller learns nothing about the internals.
         logger.exception("unexpected error")
         return 500, envelope.failure("INTERNAL_ERROR", "internal error; it has been logged")
 
 
-def _respond(action, headers: dict | None = None) -> Response:
-    status, body = _envelope_of(action)
-    return Response(body=json.dumps(body, ensure_ascii=False), status_code=status,
+def _respond(action, *, zeyi_route: bool = False, headers: dict | None = None) -> Response:
+    status, body = _envelope_of(action, zeyi_route=zeyi_route)
+    return Response(body=envelope.to_json(body), status_code=status,
                     headers={**JSON_HEADERS, **(headers or {})})
+
+
+def _wrong_method(allowed: str, *, zeyi_route: bool) -> Response:
+    def action():
+        raise MethodNotAllowedError(
+            f"{app.current_request.method} is not allowed on this route; use {allowed}")
+    return _respond(action, zeyi_route=zeyi_route, headers={"Allow": allowed})
+
+
+@app.middleware("http")
+def _only_envelopes(event, get_response):
+    """Chalice answers some requests itself, with {"Code", "Message"}: an exception that escaped a
+    view, a method or a content type no view takes (every one is routed, so those two should not
+    happen). Those answers become the envelope too, under the same status policy."""
+    response = get_response(event)
+    if isinstance(response.body, str):
+        return response  # every view answers through _respond
+    zeyi_route = event.path in ZEYI_ROUTES
+    if response.status_code == 405:
+        error = MethodNotAllowedError("this method is not allowed on this route")
+    elif response.status_code < 500:
+        invalid = BodyInvalidError if zeyi_route else ValidationError
+        error = invalid("this request cannot be served by this route")
+    else:
+        error = GatewayError("internal error; it has been logged")
+    allow = {k: v for k, v in response.headers.items() if k.lower() == "allow"}
+    return Response(body=envelope.to_json(envelope.failure(error.error_code, error.message)),
+                    status_code=http_status(error, zeyi_route=zeyi_route),
+                    headers={**JSON_HEADERS, **allow})
 
 
 def _zeyi_request(settings: Settings) -> inbound.InboundRequest:
@@ -103,13 +155,13 @@ def _zeyi_request(settings: Settings) -> inbound.InboundRequest:
     return inbound.InboundRequest(headers=request.headers, body=request.raw_body or b"")
 
 
-def _internal_payload():
-    """The internal app's JSON body. Raises ValidationError when it is not JSON."""
+def _internal_payload() -> dict:
+    """The internal app's JSON object, parsed as strictly as Zeyi's bodies.
+
+    Raises ValidationError when it is not one."""
     raw = app.current_request.raw_body or b""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except ValueError:
-        raise ValidationError("body must be a JSON object") from None
+    return json_body.parse_object(json_body.decode_utf8(raw, error=ValidationError),
+                                  error=ValidationError)
 
 
 # -- routes Zeyi calls ---------------------------------------------------------------------------
@@ -123,7 +175,8 @@ def access_token():
             request, credentials=_inbound_credentials(settings),
             token_keys=_token_keys(settings), store=_store(settings), settings=settings)
         return envelope.ok(result)
-    return _respond(action, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return _respond(action, zeyi_route=True,
+                    headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 @app.route("/dingtalkAudit/callback", methods=["POST"], content_types=ANY_CONTENT_TYPE)
@@ -136,15 +189,14 @@ def approval_callback():
             request, credentials=_inbound_credentials(settings), token_keys=token_keys,
             store=_store(settings), settings=settings)
         return envelope.ok({"status": outcome.status, "disposition": outcome.disposition})
-    return _respond(action)
+    return _respond(action, zeyi_route=True)
 
 
-@app.route("/auth/token", methods=OTHER_METHODS, content_types=ANY_CONTENT_TYPE)
-@app.route("/dingtalkAudit/callback", methods=OTHER_METHODS, content_types=ANY_CONTENT_TYPE)
+@app.route("/auth/token", methods=_other_methods("POST"), content_types=ANY_CONTENT_TYPE)
+@app.route("/dingtalkAudit/callback", methods=_other_methods("POST"),
+           content_types=ANY_CONTENT_TYPE)
 def zeyi_wrong_method():
-    return Response(
-        body=json.dumps(envelope.failure("METHOD_NOT_ALLOWED", "use POST")),
-        status_code=405, headers={**JSON_HEADERS, "Allow": "POST"})
+    return _wrong_method("POST", zeyi_route=True)
 
 
 # -- routes and functions internal apps call -----------------------------------------------------
@@ -181,9 +233,23 @@ def cancel_route():
     return _respond(lambda: _cancel(_internal_payload()))
 
 
-@app.route("/audit/{code}", methods=["GET"], authorizer=iam)
+@app.route("/audit/{code}", methods=["GET"], authorizer=iam, content_types=ANY_CONTENT_TYPE)
 def get_route(code):
     return _respond(lambda: _get(code))
+
+
+@app.route("/audit/send", methods=_other_methods("POST"), authorizer=iam,
+           content_types=ANY_CONTENT_TYPE)
+@app.route("/audit/cancel", methods=_other_methods("POST"), authorizer=iam,
+           content_types=ANY_CONTENT_TYPE)
+def internal_post_only():
+    return _wrong_method("POST", zeyi_route=False)
+
+
+@app.route("/audit/{code}", methods=_other_methods("GET"), authorizer=iam,
+           content_types=ANY_CONTENT_TYPE)
+def internal_get_only(code):
+    return _wrong_method("GET", zeyi_route=False)
 
 
 @app.lambda_function(name="send_approval")

@@ -48,9 +48,8 @@ class AesCodec:
         from Crypto.Util.Padding import unpad
 
         try:
+            # pycryptodome raises ValueError for no data or data that is not whole blocks.
             data = base64.b64decode(ciphertext_b64, validate=True)
-            if not data or len(data) % BLOCK_BYTES:
-                raise ValueError("not whole blocks")
             return unpad(self._cipher().decrypt(data), BLOCK_BYTES).decode("utf-8")
         except (ValueError, binascii.Error):
             raise BodyInvalidError("encrypted body could not be decrypted") from None

@@ -1,6 +1,9 @@
 """One exception per way a request can fail, each carrying its errorCode and HTTP status.
 
 ``app.py`` turns any ``GatewayError`` into the response envelope; nothing else reaches a caller.
+The status here is the REST one, which the internal routes answer. On the routes Zeyi calls,
+app.py answers every refusal (any status below 500) with 400 instead, in one place: Zeyi's HTTP
+stack reads no other 4xx body.
 """
 from __future__ import annotations
 
@@ -86,6 +89,13 @@ class TokenInvalidError(GatewayError):
 
     error_code = "TOKEN_INVALID"
     status = 401
+
+
+class MethodNotAllowedError(GatewayError):
+    """The route does not answer this HTTP method."""
+
+    error_code = "METHOD_NOT_ALLOWED"
+    status = 405
 
 
 class BodyTooLargeError(GatewayError):

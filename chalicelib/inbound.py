@@ -8,12 +8,11 @@ which a replay of a genuine call passes anyway.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chalicelib import signing, tokens
+from chalicelib import json_body, signing, tokens
 from chalicelib.approval_store import CallbackOutcome, CallbackRecord, DynamoDBApprovalStore
 from chalicelib.credentials import Credential, InboundCredentials, TokenKeys
 from chalicelib.errors import (
@@ -136,35 +135,14 @@ def handle_callback(request: InboundRequest, *, credentials: InboundCredentials,
     return outcome
 
 
-def _reject_constant(name: str):
-    raise BodyInvalidError(f"body is not strict JSON: {name} is not allowed")
-
-
-def _unique_keys(pairs: list) -> dict:
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise BodyInvalidError(f"body repeats the field {key}")
-        result[key] = value
-    return result
-
-
 def strict_utf8(raw: bytes) -> str:
     """Raises BodyInvalidError for anything but strict UTF-8 (the md5 padding's 0x80 is not)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BodyInvalidError("body is not valid UTF-8") from None
+    return json_body.decode_utf8(raw, error=BodyInvalidError)
 
 
 def _parse_json_object(text: str) -> dict:
-    try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except ValueError:
-        raise BodyInvalidError("body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise BodyInvalidError("body must be a JSON object")
-    return value
+    """Raises BodyInvalidError unless ``text`` is one strict JSON object (chalicelib.json_body)."""
+    return json_body.parse_object(text, error=BodyInvalidError)
 
 
 def parse_callback(text: str) -> dict:

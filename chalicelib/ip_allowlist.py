@@ -25,7 +25,7 @@ def check_source_ip(source_ip: str | None, allowed: tuple[str, ...]) -> None:
         return
     networks = _networks(allowed)
     try:
-        address = ipaddress.ip_address(source_ip or "")
+        address = ipaddress.ip_address(source_ip)  # ValueError for None too
     except ValueError:
         raise IpNotAllowedError("source IP is unknown") from None
     if not any(address in network for network in networks):

@@ -23,6 +23,7 @@ import re
 from urllib.parse import urlsplit
 
 from chalicelib.errors import BodyTooLargeError, ValidationError
+from chalicelib.json_body import field_label
 
 CODE_MAX_CHARS = 64
 LOOKUP_CODE_MAX_CHARS = 128  # what a callback may carry (chalicelib.inbound)
@@ -127,16 +128,11 @@ def _raise(problems: list[str]) -> None:
     raise ValidationError(message, result={"problems": shown})
 
 
-def _label(name: object) -> str:
-    text = name if isinstance(name, str) else repr(name)
-    return text if len(text) <= 64 else text[:61] + "..."
-
-
 def _unknown(body: dict, known: tuple[str, ...], where: str, what: str,
              problems: list[str]) -> None:
     for name in body:
         if name not in known:
-            problems.append(f"{where}{_label(name)} is not a field of {what}")
+            problems.append(f"{where}{field_label(name)} is not a field of {what}")
 
 
 def _code(body: dict, problems: list[str]) -> None:
@@ -216,7 +212,7 @@ def _form_item(item: object, where: str, problems: list[str]) -> None:
 
 
 def _is_http_url(value: str) -> bool:
-    if any(char.isspace() or ord(char) < 0x20 for char in value):
+    if any(char.isspace() or not char.isprintable() for char in value):
         return False
     try:
         parts = urlsplit(value)

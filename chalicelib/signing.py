@@ -75,16 +75,3 @@ def check_timestamp(timestamp: str, skew_seconds: int, clock=time.time) -> None:
         direction = "in the future" if drift_ms > 0 else "too old"
         raise TimestampOutOfWindowError(
             f"timestamp is {direction}: allowed skew is {skew_seconds} s")
-
-
-def signed_headers(app_key: str, app_secret: str, body: bytes, *, legacy: bool = False,
-                   clock=time.time) -> dict[str, str]:
-    """The four security headers for an outgoing call carrying ``body``."""
-    timestamp = new_timestamp(clock)
-    nonce = new_nonce()
-    return {
-        "appKey": app_key,
-        "timestamp": timestamp,
-        "nonce": nonce,
-        "sign": sign(app_key, app_secret, timestamp, nonce, body, legacy=legacy),
-    }

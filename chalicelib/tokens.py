@@ -33,6 +33,18 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _claims(payload: str) -> dict:
+    """The claims of a token whose MAC verified. Only a holder of the key can mint one, so a
+    payload that is not a JSON object means a broken issuer: still a refusal, never a 500."""
+    try:
+        claims = json.loads(_b64decode(payload))
+    except ValueError:  # binascii.Error and UnicodeDecodeError included
+        raise TokenInvalidError("access token is not valid") from None
+    if not isinstance(claims, dict):
+        raise TokenInvalidError("access token is not valid")
+    return claims
+
+
 def _mac(key: bytes, signed_part: str) -> bytes:
     return hmac.new(key, signed_part.encode("ascii"), hashlib.sha256).digest()
 
@@ -61,7 +73,7 @@ def verify_authorization(keys: TokenKeys, authorization: str | None, app_key: st
     given_mac = _b64decode(match.group(2))
     if not any(hmac.compare_digest(_mac(key, signed_part), given_mac) for key in keys.keys):
         raise TokenInvalidError("access token is not valid")
-    claims = json.loads(_b64decode(match.group(1)))
+    claims = _claims(match.group(1))
     if claims.get("k") != app_key:
         raise TokenInvalidError("access token was issued to another appKey")
     if not isinstance(claims.get("exp"), int) or claims["exp"] <= clock():

@@ -126,7 +126,7 @@ def _log_a_good_and_a_bad_callback(gateway, stream):
     headers = peer.signed_headers(body, token=token)
     assert gateway.http.post(CALLBACK, body=body, headers=headers).status_code == 200
     bad = dict(headers, sign="0" * 32, nonce="zzz999")
-    assert gateway.http.post(CALLBACK, body=body, headers=bad).status_code == 401
+    assert gateway.http.post(CALLBACK, body=body, headers=bad).status_code == 400
     broken = b'{"code": 1}'
     assert gateway.http.post(CALLBACK, body=broken, headers=peer.signed_headers(
         broken, token=token, nonce="zzz998")).status_code == 400

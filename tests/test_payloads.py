@@ -198,3 +198,75 @@ def test_every_bad_cancel_field_is_named():
 
 def test_the_wire_form_is_compact_utf8_json_with_non_ascii_kept():
     assert to_wire({"a": "金润 <&>", "b": [1]}) == '{"a":"金润 <&>","b":[1]}'.encode()
+
+
+def _send_of_size(size: int) -> dict:
+    """A valid send body whose wire form is exactly ``size`` bytes (ASCII padding)."""
+    forms = [{"type": "text", "key": f"k{i}", "value": "v" * 10_000} for i in range(19)]
+    forms.append({"type": "text", "key": "pad", "value": ""})
+    body = send_body(auditFormList=forms)
+    forms[-1]["value"] = "p" * (size - len(to_wire(body)))
+    assert len(to_wire(body)) == size
+    return body
+
+
+def test_the_send_size_limit_is_exact():
+    assert SEND_BODY_MAX_BYTES == 200_000
+    validate_send(_send_of_size(200_000))
+    with pytest.raises(BodyTooLargeError, match="200001 bytes"):
+        validate_send(_send_of_size(200_001))
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"auditFormList": _DROP}, "auditFormList is required"),
+    ({"auditFormList": {"type": "text"}}, "auditFormList must be a list"),
+    ({"auditFormList": "x"}, "auditFormList must be a list"),
+    ({"auditFormList": [{"key": "k", "value": "v"}]}, "auditFormList[0].type is required"),
+    ({"conditionParamList": ["x"]}, "conditionParamList[0] must be an object"),
+    ({"conditionParamList": [{"name": "n", "value": "v", "op": "="}]},
+     "conditionParamList[0].op is not a field of a condition parameter"),
+    ({"conditionParamList": [{"value": "v"}]}, "conditionParamList[0].name is required"),
+    ({"conditionParamList": {"name": "n"}}, "conditionParamList must be a list"),
+    ({"auditFormList": [{"type": "text", "key": "k", "value": "v", "extendValue": 3}]},
+     "auditFormList[0].extendValue must be a string"),
+    ({"auditFormList": [{"type": "text", "key": "k", "value": "v", "extendValue": "e" * 10_001}]},
+     "auditFormList[0].extendValue must be at most 10000 characters"),
+])
+def test_each_send_finding_is_refused_by_name(overrides, problem):
+    assert problem in problems_of(validate_send, send_body(**overrides))
+
+
+def test_extend_value_may_be_empty_null_or_up_to_10000_characters():
+    for extend in ("", None, "e" * 10_000):
+        validate_send(send_body(auditFormList=[{"type": "text", "key": "k", "value": "v",
+                                                "extendValue": extend}]))
+
+
+def problem_list(call, payload) -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        call(payload)
+    return caught.value.result["problems"]
+
+
+def test_unknown_fields_are_named_exactly():
+    assert problem_list(validate_send, send_body(extra=1)) == [
+        "extra is not a field of a send request"]
+    assert problem_list(validate_cancel, cancel_body(extra=1)) == [
+        "extra is not a field of a cancel request"]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("", "auditFormList[0].value must not be empty"),
+    (" ", "auditFormList[0].value must not be empty"),
+    ("https://h/a\x7fb", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\u200bb", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\x1fb", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\x01b", "auditFormList[0].value must be an http or https URL for a file"),
+])
+def test_a_file_value_must_be_a_printable_url(value, problem):
+    assert problem_list(validate_send, send_body(
+        auditFormList=[{"type": "file", "key": "f", "value": value}])) == [problem]
+
+
+def test_a_text_value_may_hold_anything_printable_or_not():
+    validate_send(send_body(auditFormList=[{"type": "text", "key": "k", "value": "a\x7f\x01 b"}]))

@@ -295,8 +295,8 @@ def test_the_local_gateway_takes_a_burst_of_simultaneous_connections(stack):
     plays no part."""
     clients = 300
     barrier = threading.Barrier(clients, timeout=30)
-    request = (f"GET /auth/token HTTP/1.1\r\nHost: 127.0.0.1:{stack.gateway_port}\r\n"
-               "Connection: close\r\n\r\n").encode()
+    request = (f"PUT /audit/send HTTP/1.1\r\nHost: 127.0.0.1:{stack.gateway_port}\r\n"
+               "Content-Length: 0\r\nConnection: close\r\n\r\n").encode()
 
     def client(_):
         barrier.wait()

@@ -1,0 +1,436 @@
+"""Mutation testing of the validation code: `make mutation` (not part of `make test`).
+
+Each mutant is one small change to one module (a comparison, a boolean operator, a number, a
+string, a regex quantifier or character range, a deleted ``raise`` or call, a returned value);
+the module's tests run against it and must fail. A mutant they do not notice "survives". Every
+survivor must be listed in tools/mutation_equivalents.txt with the reason it cannot change what a
+user of the gateway sees; otherwise the run fails and names it.
+
+Why a driver of our own rather than mutmut: mutmut mutates only inside functions, and much of
+what guards the gateway is module level (the nonce, timestamp, sign and token regexes, the
+256 KiB, 128-character and ±300 s limits). This walks the whole module's AST. Messages are left
+alone (f-strings, and the strings given to an exception, ``problems.append`` or the logger):
+a reworded message is not a weaker check.
+
+Speed: the parent imports the heavy libraries once and forks one child per mutant; the child
+imports the mutated module from memory (nothing is written to disk, so runs may overlap) and runs
+pytest with ``-x``, the fast tests first. See README for how long a run takes.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.abc
+import importlib.util
+import os
+import re
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.txt"
+
+# Each module and the tests that pin it, fastest first (pytest stops at the first failure).
+TARGETS: dict[str, list[str]] = {
+    "signing": ["tests/test_validation_edges.py", "tests/test_protocol.py",
+                "tests/test_callback_route.py"],
+    "tokens": ["tests/test_tokens_and_secrets.py", "tests/test_callback_route.py"],
+    "aes": ["tests/test_protocol.py", "tests/test_tokens_and_secrets.py",
+            "tests/test_callback_route.py"],
+    "credentials": ["tests/test_tokens_and_secrets.py", "tests/test_callback_route.py"],
+    "payloads": ["tests/test_payloads.py", "tests/test_contract.py",
+                 "tests/test_outbound_routes.py"],
+    "json_body": ["tests/test_validation_edges.py", "tests/test_contract.py",
+                  "tests/test_http_surface.py"],
+    "inbound": ["tests/test_validation_edges.py", "tests/test_callback_route.py",
+                "tests/test_http_surface.py"],
+    "ip_allowlist": ["tests/test_validation_edges.py", "tests/test_callback_route.py"],
+    "states": ["tests/test_states.py", "tests/test_validation_edges.py",
+               "tests/test_callback_route.py", "tests/test_lifecycle_model.py"],
+}
+
+_SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
+                 ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In,
+                 ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+_SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv,
+               ast.FloorDiv: ast.Mult, ast.Div: ast.Mult, ast.Mod: ast.FloorDiv}
+_MESSAGE_CALLS = {"append", "info", "warning", "error", "exception", "debug"}
+_REGEX_CALLS = {"compile", "fullmatch", "match", "search"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str
+    index: int
+    ident: str
+
+
+def _name_of(func: ast.expr) -> str:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return ""
+
+
+def _is_text(node: ast.expr) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant)
+                                               and isinstance(node.value, str | bytes))
+
+
+def _regex_variants(pattern: str) -> list[tuple[str, str]]:
+    """(mutated pattern, description): quantifiers one off, one character range dropped."""
+    variants = []
+    for match in re.finditer(r"\{(\d+)(?:,(\d+))?\}", pattern):
+        low, high = int(match.group(1)), match.group(2)
+        options = ([f"{{{low + 1}}}", f"{{{max(low - 1, 0)}}}"] if high is None else
+                   [f"{{{low + 1},{high}}}", f"{{{max(low - 1, 0)},{high}}}",
+                    f"{{{low},{int(high) + 1}}}", f"{{{low},{int(high) - 1}}}"])
+        for option in options:
+            if option != match.group(0):
+                variants.append((pattern[:match.start()] + option + pattern[match.end():],
+                                 f"{match.group(0)}->{option}"))
+    for match in re.finditer(r"(?<!\\)[A-Za-z0-9]-[A-Za-z0-9]", pattern):
+        variants.append((pattern[:match.start()] + pattern[match.end():],
+                         f"drop {match.group(0)}"))
+    for match in re.finditer(r"(?<![\\])[+*]", pattern):
+        other = "*" if match.group(0) == "+" else "+"
+        variants.append((pattern[:match.start()] + other + pattern[match.end():],
+                         f"{match.group(0)}->{other}"))
+    return variants
+
+
+class _Mutator(ast.NodeTransformer):
+    """Walks a module in a fixed order; counts every mutation point and applies the one asked
+    for (``target``), or none (``target=None``) while listing them all."""
+
+    def __init__(self, target: int | None):
+        self.target = target
+        self.points: list[tuple[str, str]] = []  # (scope, description)
+        self.scope: list[str] = []
+        self.quiet = 0  # inside a message: strings are left alone
+        self.regex = 0
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _point(self, description: str) -> bool:
+        """Registers a mutation point; True when it is the one to apply."""
+        self.points.append((".".join(self.scope) or "<module>", description))
+        return len(self.points) - 1 == self.target
+
+    @staticmethod
+    def _text(node: ast.AST) -> str:
+        text = ast.unparse(node)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def _body(self, statements: list[ast.stmt]) -> list[ast.stmt]:
+        # Skip docstrings.
+        if statements and isinstance(statements[0], ast.Expr) and \
+                isinstance(statements[0].value, ast.Constant) and \
+                isinstance(statements[0].value.value, str):
+            return [statements[0], *[self.visit(s) for s in statements[1:]]]
+        return [self.visit(s) for s in statements]
+
+    # -- structure -----------------------------------------------------------------------------
+
+    def visit_Module(self, node):
+        node.body = self._body(node.body)
+        return node
+
+    def _scoped(self, node):
+        self.scope.append(node.name)
+        node.body = self._body(node.body)
+        if hasattr(node, "args"):
+            node.args = self.visit(node.args)
+        self.scope.pop()
+        return node
+
+    visit_FunctionDef = visit_ClassDef = _scoped
+
+    def visit_arg(self, node):
+        return node  # annotations
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            node.value = self.visit(node.value)
+        return node
+
+    def visit_ImportFrom(self, node):
+        return node
+
+    def visit_Import(self, node):
+        return node
+
+    def visit_JoinedStr(self, node):
+        return node  # messages
+
+    def visit_Call(self, node):
+        name = _name_of(node.func)
+        quiet = name in _MESSAGE_CALLS or name.endswith("Error")
+        regex = name in _REGEX_CALLS and isinstance(node.func, ast.Attribute) and \
+            isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+        self.quiet += quiet
+        self.regex += regex
+        node = self.generic_visit(node)
+        self.quiet -= quiet
+        self.regex -= regex
+        return node
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def visit_Raise(self, node):
+        if self._point(f"delete `{self._text(node)}`"):
+            return ast.Pass()
+        return self.generic_visit(node)
+
+    def visit_Expr(self, node):
+        if isinstance(node.value, ast.Call) and self._point(f"delete `{self._text(node)}`"):
+            return ast.Pass()
+        return self.generic_visit(node)
+
+    def visit_Return(self, node):
+        # A returned constant is mutated as a constant (True <-> False, n +/- 1); None in
+        # place of False would be the same answer to an `if`.
+        returns_something = node.value is not None and not isinstance(node.value, ast.Constant)
+        if returns_something and self._point(f"`{self._text(node)}` -> return None"):
+            return ast.Return(value=ast.Constant(None))
+        return self.generic_visit(node)
+
+    # -- expressions ---------------------------------------------------------------------------
+
+    def visit_Compare(self, node):
+        node = self.generic_visit(node)
+        for position, op in enumerate(node.ops):
+            swapped = _SWAP_COMPARE.get(type(op))
+            if swapped and self._point(f"`{self._text(node)}` {type(op).__name__}->"
+                                       f"{swapped.__name__}"):
+                node.ops[position] = swapped()
+        return node
+
+    def visit_BoolOp(self, node):
+        node = self.generic_visit(node)
+        other = ast.Or if isinstance(node.op, ast.And) else ast.And
+        if self._point(f"`{self._text(node)}` {type(node.op).__name__}->{other.__name__}"):
+            node.op = other()
+        return node
+
+    def visit_UnaryOp(self, node):
+        node = self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and self._point(f"drop not in `{self._text(node)}`"):
+            return node.operand
+        return node
+
+    def visit_BinOp(self, node):
+        node = self.generic_visit(node)
+        swapped = _SWAP_BINOP.get(type(node.op))
+        if swapped and not _is_text(node.left) and not _is_text(node.right) and \
+                self._point(f"`{self._text(node)}` {type(node.op).__name__}->{swapped.__name__}"):
+            node.op = swapped()
+        return node
+
+    def visit_Constant(self, node):
+        value = node.value
+        if isinstance(value, bool):
+            if self._point(f"{value}->{not value}"):
+                return ast.Constant(not value)
+        elif isinstance(value, int | float):
+            for new in dict.fromkeys([value + 1, value - 1]):
+                if self._point(f"{value!r}->{new!r}"):
+                    return ast.Constant(new)
+        elif isinstance(value, str) and self.regex:
+            for pattern, description in _regex_variants(value):
+                if self._point(f"regex {value!r}: {description}"):
+                    return ast.Constant(pattern)
+        elif isinstance(value, str) and not self.quiet:
+            shown = value if len(value) <= 30 else value[:27] + "..."
+            if self._point(f"string {shown!r} -> 'XX...XX'"):
+                return ast.Constant(f"XX{value}XX")
+        return node
+
+
+def mutants_of(module: str) -> tuple[str, list[Mutant]]:
+    source = (ROOT / "chalicelib" / f"{module}.py").read_text(encoding="utf-8")
+    walker = _Mutator(None)
+    walker.visit(ast.parse(source))
+    seen: dict[str, int] = {}
+    result = []
+    for index, (scope, description) in enumerate(walker.points):
+        ident = f"{module}:{scope}: {description}"
+        seen[ident] = seen.get(ident, 0) + 1
+        if seen[ident] > 1:
+            ident += f" #{seen[ident]}"
+        result.append(Mutant(module, index, ident))
+    return source, result
+
+
+def mutated_code(module: str, source: str, index: int):
+    tree = _Mutator(index).visit(ast.parse(source))
+    ast.fix_missing_locations(tree)
+    return compile(tree, str(ROOT / "chalicelib" / f"{module}.py"), "exec")
+
+
+class _InMemory(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, fullname: str, code):
+        self.fullname, self.code = fullname, code
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.fullname:
+            return None
+        return importlib.util.spec_from_loader(fullname, self, origin=self.code.co_filename)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        module.__file__ = self.code.co_filename
+        exec(self.code, module.__dict__)  # noqa: S102 - the mutant under test
+
+
+def _run_tests(module: str, code, tests: list[str]) -> int:
+    """Fork; in the child, import the mutant (or the original when ``code`` is None) and run
+    the tests. Returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        if code is not None:
+            sys.meta_path.insert(0, _InMemory(f"chalicelib.{module}", code))
+        import pytest
+
+        status = pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "-m", "not e2e",
+                              "-W", "ignore", "--timeout", "120"])
+        os._exit(int(status))
+    except BaseException:  # noqa: BLE001 - the child must never return into the parent
+        os._exit(99)
+
+
+def _preload() -> None:
+    """Import what every child needs, once, in the parent (never chalicelib or app)."""
+    import boto3  # noqa: F401
+    import botocore.session  # noqa: F401
+    import chalice.test  # noqa: F401
+    import hypothesis  # noqa: F401
+    import pytest  # noqa: F401
+    import requests  # noqa: F401
+    import yaml  # noqa: F401
+    from aws_lambda_powertools import Logger  # noqa: F401
+    from Crypto.Cipher import AES  # noqa: F401
+    assert not any(name == "app" or name.startswith("chalicelib") for name in sys.modules)
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """The exit status, or None after killing a child that ran past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        select.select([], [], [], 0.05)
+    os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def load_equivalents() -> dict[str, str]:
+    entries = {}
+    for line in EQUIVALENTS.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            ident, _, reason = line.partition(" :: ")
+            entries[ident.strip()] = reason.strip()
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(TARGETS)}")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--verbose", action="store_true", help="also list the killed mutants")
+    parser.add_argument("--only", help="run only mutants whose id contains this text")
+    args = parser.parse_args(argv)
+    args.modules = args.modules or list(TARGETS)
+    unknown = set(args.modules) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown modules: {', '.join(sorted(unknown))}")
+    os.chdir(ROOT)
+    equivalents = load_equivalents()
+    plan = []
+    for module in args.modules:
+        source, mutants = mutants_of(module)
+        if args.only:
+            mutants = [m for m in mutants if args.only in m.ident]
+        plan.append((module, source, mutants))
+    if args.list:
+        for _, _, mutants in plan:
+            for mutant in mutants:
+                print(mutant.ident)
+        return 0
+    _preload()
+    started = time.monotonic()
+    survivors, stale, total = [], [], 0
+    for module, source, mutants in plan:
+        tests = [path for path in TARGETS[module] if (ROOT / path).exists()]
+        clean_start = time.monotonic()
+        status = _wait(_run_tests(module, None, tests), 900)
+        baseline = time.monotonic() - clean_start
+        if status != 0:
+            print(f"{module}: the tests fail without any mutant (exit {status}); fix them first")
+            return 2
+        timeout = max(30.0, 3 * baseline)
+        running: dict[int, tuple[Mutant, float]] = {}
+        queue = list(mutants)
+        killed = 0
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                mutant = queue.pop(0)
+                code = mutated_code(module, source, mutant.index)
+                running[_run_tests(module, code, tests)] = (mutant, time.monotonic())
+            for pid, (mutant, since) in list(running.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done and time.monotonic() - since < timeout:
+                    continue
+                if not done:
+                    os.killpg(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    code = None  # a hang counts as detected
+                else:
+                    code = os.waitstatus_to_exitcode(status)
+                del running[pid]
+                if code == 0:
+                    if mutant.ident not in equivalents:
+                        survivors.append(mutant.ident)
+                        print(f"SURVIVED  {mutant.ident}", flush=True)
+                else:
+                    killed += 1
+                    if args.verbose:
+                        print(f"killed    {mutant.ident} ({time.monotonic() - since:.1f} s)",
+                              flush=True)
+                    if mutant.ident in equivalents:
+                        stale.append(mutant.ident)
+            select.select([], [], [], 0.02)
+        total += len(mutants)
+        print(f"{module}: {len(mutants)} mutants, {killed} killed, baseline {baseline:.0f} s",
+              flush=True)
+    known = {m.ident for _, _, mutants in plan for m in mutants}
+    if not args.only:
+        for ident in equivalents:
+            if ident.split(":", 1)[0] in args.modules and ident not in known:
+                stale.append(ident)
+    minutes = (time.monotonic() - started) / 60
+    print(f"{total} mutants in {minutes:.1f} min; {len(survivors)} survived unexplained,"
+          f" {len(stale)} listed as equivalent but killed or gone")
+    for ident in stale:
+        print(f"STALE     {ident}")
+    return 1 if survivors or stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
