@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -80,6 +81,40 @@ def aws_env(moto_server, monkeypatch):
         secrets.create_secret(Name=secret_id, SecretString=json.dumps(value))
     yield moto_server
     aws.reset()
+
+
+@pytest.fixture
+def empty_aws(moto_server, monkeypatch):
+    """A clean moto server with nothing in it, reached over HTTP."""
+    moto_server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    aws.reset()
+    yield moto_server
+    aws.reset()
+
+
+class Clock:
+    """The store's wall clock, moved forward by tests, so leases are tested without sleeping."""
+
+    def __init__(self):
+        self.skipped_seconds = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.skipped_seconds
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(aws_env, clock):
+    """The real approval store on moto server, on the test's clock."""
+    from chalicelib.approval_store import DynamoDBApprovalStore
+
+    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
+                                 clock=clock)
 
 
 @pytest.fixture

@@ -18,15 +18,6 @@ from tests.conftest import INBOUND, INBOUND_ROTATED, OUTBOUND, TOKEN_KEYS
 TAGS = {"app": "jinrun-approval-gateway", "stage": "t"}
 
 
-@pytest.fixture
-def empty_aws(moto_server, monkeypatch):
-    moto_server.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
-    aws.reset()
-    yield moto_server
-    aws.reset()
-
-
 def _values() -> dict[str, str]:
     return {
         "t/outbound": json.dumps(OUTBOUND),

@@ -7,8 +7,6 @@ for answers no rule produces."""
 from __future__ import annotations
 
 import json
-import secrets
-import time
 import uuid
 
 import pytest
@@ -32,25 +30,6 @@ LEASE_SECONDS = 120
 CANCEL_LEASE_SECONDS = 600
 
 
-class Clock:
-    def __init__(self):
-        self.skipped = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.skipped
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(aws_env, clock):
-    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                 clock=clock)
-
-
 @pytest.fixture
 def zeyi():
     return ZeyiModel()
@@ -72,7 +51,7 @@ def deliver(store, callback: Callback):
     record = CallbackRecord(code=callback.code, business_id=callback.business_id,
                             type=callback.type, result=callback.result, audit_type="CONTRACT",
                             audit_user="M01", remark="ok", body=body, app_key=INBOUND["appKey"],
-                            nonce=secrets.token_hex(3))
+                            nonce=peer.nonce())
     return store.record_callback(record, nonce_ttl_seconds=1200)
 
 
@@ -122,7 +101,7 @@ def test_a_callback_landing_inside_a_claim_is_never_overwritten(aws_env, clock, 
     with pytest.raises(UpstreamOutcomeUnknownError):
         send(store, zeyi, "HT-2")
     instance = zeyi.latest("HT-2")
-    clock.skipped += LEASE_SECONDS
+    clock.skipped_seconds += LEASE_SECONDS
     if before == "failed with a send in doubt":
         with pytest.raises(UpstreamRejectedError):  # Zeyi: its approval is still pending
             send(store, zeyi, "HT-2")
@@ -221,11 +200,11 @@ def test_a_cancel_whose_terminate_never_comes_frees_the_code_after_its_lease(sto
     assert cancel(store, zeyi, "HT-7")["result"]["status"] == "CANCELLING"
     [terminate] = zeyi.owed  # Zeyi terminated it; its callback is lost for now
 
-    clock.skipped += CANCEL_LEASE_SECONDS - 1
+    clock.skipped_seconds += CANCEL_LEASE_SECONDS - 1
     with pytest.raises(ApprovalActiveError) as caught:
         send(store, zeyi, "HT-7")
     assert "cancel" in caught.value.message and "retry in 1 s" in caught.value.message
-    clock.skipped += 1
+    clock.skipped_seconds += 1
     assert send(store, zeyi, "HT-7")["result"]["status"] == "PENDING"  # Zeyi arbitrates
     second = zeyi.latest("HT-7")
     assert deliver(store, zeyi.decide(second, "agree")).status == "AGREED"
@@ -243,7 +222,7 @@ def test_an_agree_corrects_a_late_callback_taken_for_the_current_attempt(store, 
         send(store, zeyi, "HT-11")
     first = zeyi.latest("HT-11")
     refused = zeyi.decide(first, "refuse")  # its callback is slow to come
-    clock.skipped += LEASE_SECONDS
+    clock.skipped_seconds += LEASE_SECONDS
     send(store, zeyi, "HT-11")
     second = zeyi.latest("HT-11")
 

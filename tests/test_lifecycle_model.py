@@ -24,8 +24,6 @@ After every step:
 from __future__ import annotations
 
 import os
-import secrets
-import time
 import uuid
 
 import pytest
@@ -42,7 +40,7 @@ from chalicelib.errors import (
     GatewayError,
 )
 from tests import peer
-from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE
+from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
 from tests.zeyi_model import AGREED, FAULTS, PENDING, Callback, ZeyiModel
 
 EXAMPLES = int(os.environ.get("LIFECYCLE_EXAMPLES", "300"))
@@ -59,14 +57,6 @@ waits = st.sampled_from([0, LEASE_SECONDS, CANCEL_LEASE_SECONDS])
 actions = st.sampled_from(["refuse", "terminate", "agree"])
 rarely = st.sampled_from([False, False, False, True])
 often = st.sampled_from([True, True, False])
-
-
-class Clock:
-    def __init__(self):
-        self.skipped = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.skipped
 
 
 class RacingStore(DynamoDBApprovalStore):
@@ -146,7 +136,7 @@ class Lifecycle(RuleBasedStateMachine):
         """An internal app sends the code, after some seconds (a lease may run out); the claim's
         write may lose its answer, or an owed callback may land inside the claim."""
         fault = data.draw(faults, label="Zeyi")
-        self.clock.skipped += data.draw(waits, label="seconds before")
+        self.clock.skipped_seconds += data.draw(waits, label="seconds before")
         lose_answer = data.draw(rarely, label="lose the answer of the next write")
         racing = None
         if self.zeyi.owed and data.draw(st.booleans(), label="a callback lands inside the claim"):
@@ -235,7 +225,7 @@ class Lifecycle(RuleBasedStateMachine):
         record = CallbackRecord(
             code=callback.code, business_id=callback.business_id, type=callback.type,
             result=callback.result, audit_type="CONTRACT", audit_user="M01", remark="ok",
-            body=body.decode("utf-8"), app_key=INBOUND["appKey"], nonce=secrets.token_hex(3))
+            body=body.decode("utf-8"), app_key=INBOUND["appKey"], nonce=peer.nonce())
         return self.store.record_callback(record, nonce_ttl_seconds=1200)
 
     # -- what must hold after every step -------------------------------------------------------

@@ -19,15 +19,6 @@ VPC = {"subnet_ids": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
        "security_group_ids": ["sg-0123456789abcdef0"]}
 
 
-@pytest.fixture
-def empty_aws(moto_server, monkeypatch):
-    moto_server.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
-    aws.reset()
-    yield moto_server
-    aws.reset()
-
-
 def bootstrapped(tmp_path, **changes):
     """A config copy whose dev stage uses conftest's names, after the bootstrap an operator runs."""
     config = stage_config(tmp_path, **changes)

@@ -8,12 +8,11 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from chalicelib import aws, outbound
-from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.approval_store import CallbackRecord
 from chalicelib.credentials import parse_outbound
 from chalicelib.errors import (
     ApprovalActiveError,
@@ -37,9 +36,7 @@ from chalicelib.zeyi_client import ZeyiClient
 from sandbox.zeyi_protocol import Credential as ZeyiCredential
 from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
 from tests.conftest import (
-    APPROVALS_TABLE,
     INBOUND,
-    NONCES_TABLE,
     OUTBOUND,
     retry_once_after_success,
     simulator,
@@ -49,29 +46,6 @@ from tests.peer import cancel_body, send_body
 
 LEASE_SECONDS = 120
 CANCEL_LEASE_SECONDS = 600
-
-
-class Clock:
-    """The store's wall clock, moved forward by tests, so the lease is tested without sleeping."""
-
-    def __init__(self):
-        self.skipped_seconds = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.skipped_seconds
-
-
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(aws_env, clock):
-    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                 clock=clock)
 
 
 @pytest.fixture
