@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.abc
 import importlib.util
 import os
@@ -348,6 +349,23 @@ def load_equivalents() -> dict[str, str]:
     return entries
 
 
+# The children running now: pid -> (mutant, or None for the clean run; start time).
+RUNNING: dict[int, tuple[Mutant | None, float]] = {}
+
+
+def _stop_children_on_exit() -> None:
+    """Children run in their own sessions: if the driver is interrupted or terminated, end each
+    one it started (by its process group) rather than leave them running."""
+    def stop(signum, frame):
+        for pid in list(RUNNING):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(TARGETS)}")
@@ -374,18 +392,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(mutant.ident)
         return 0
     _preload()
+    _stop_children_on_exit()
     started = time.monotonic()
     survivors, stale, total = [], [], 0
     for module, source, mutants in plan:
         tests = [path for path in TARGETS[module] if (ROOT / path).exists()]
         clean_start = time.monotonic()
-        status = _wait(_run_tests(module, None, tests), 900)
+        pid = _run_tests(module, None, tests)
+        RUNNING[pid] = (None, clean_start)
+        status = _wait(pid, 900)
+        del RUNNING[pid]
         baseline = time.monotonic() - clean_start
         if status != 0:
             print(f"{module}: the tests fail without any mutant (exit {status}); fix them first")
             return 2
         timeout = max(30.0, 3 * baseline)
-        running: dict[int, tuple[Mutant, float]] = {}
+        running = RUNNING
         queue = list(mutants)
         killed = 0
         while queue or running:
