@@ -355,3 +355,28 @@ def test_the_open_index_holds_exactly_the_open_approvals(store, zeyi, clock):
         "OPEN-1"]
     assert store.open_approvals("PENDING", opened_before_ms=later - 60_000) == []
     assert set(calls) == {("Query", "open-approvals")}  # an index Query, never a Scan
+
+
+def test_an_instance_no_attempt_can_own_is_recorded_answered_and_logged(store, zeyi):
+    import io
+    import logging
+
+    from chalicelib.logs import logger
+
+    send(store, zeyi, "HT-13")
+    deliver(store, zeyi.decide(zeyi.latest("HT-13"), "refuse"))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logging.getLogger(logger.name).addHandler(handler)
+    try:
+        stray = deliver(store, Callback("HT-13", "inst-stray", "terminate", None))
+    finally:
+        logging.getLogger(logger.name).removeHandler(handler)
+    assert (stray.disposition, stray.status) == ("unknown_instance", "REFUSED")
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert (line["level"], line["reason"], line["businessId"]) == (
+        "WARNING", "an instance no attempt of this code can own", "inst-stray")
+    [recorded] = [c for c in store.history("HT-13")["callbacks"]
+                  if c["businessId"] == "inst-stray"]
+    assert (recorded["disposition"], recorded["attemptId"]) == ("unknown_instance", None)

@@ -73,8 +73,11 @@ def test_an_attempt_superseded_before_zeyi_was_heard_is_kept_in_doubt():
     assert states.in_doubt_after_superseding(CANCELLING, None, (), "a2") == ("a2",)
     assert states.in_doubt_after_superseding(REFUSED, "b1", ("a1",), "a2") == ("a1",)
     assert states.in_doubt_after_superseding(FAILED, None, (), "a2") == ()
-    many = tuple(f"a{i}" for i in range(states.IN_DOUBT_MAX))
-    assert states.in_doubt_after_superseding(SUBMITTING, None, many, "new") == (*many[1:], "new")
+    # docs/architecture.md promises ten: the oldest goes when an eleventh joins.
+    ten = tuple(f"a{i}" for i in range(10))
+    assert states.in_doubt_after_superseding(SUBMITTING, None, ten[:9], "new") == (*ten[:9],
+                                                                                  "new")
+    assert states.in_doubt_after_superseding(SUBMITTING, None, ten, "new") == (*ten[1:], "new")
 
 
 # -- which attempt a callback belongs to -------------------------------------------------------
@@ -108,16 +111,22 @@ def test_an_instance_of_an_earlier_attempt_never_moves_the_code_unless_it_agrees
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (IGNORED, "A1", PENDING)
     ruling = decide_callback(head(PENDING), "b1", REFUSE, ("A1", TERMINATED))
     assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REFUSED, PENDING)
+    assert ruling.warning is None
     # Agreed is always the code's latest instance: its attempt is the current one again.
     ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
     assert (ruling.disposition, ruling.current, ruling.status) == (APPLIED, "A1", AGREED)
+    assert ruling.warning is None
+    # Two agreed instances cannot both be the latest: recorded, and said.
+    ruling = decide_callback(head(AGREED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
+    assert (ruling.disposition, ruling.status) == (LATE, AGREED)
+    assert ruling.warning == "a second agreed instance for one code"
 
 
 def test_an_unknown_instance_while_the_current_attempt_has_its_own_is_only_recorded():
     ruling = decide_callback(head(REFUSED, business_id="b2"), "bX", TERMINATE, None)
-    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (UNKNOWN_INSTANCE, None,
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == ("unknown_instance", None,
                                                                       REFUSED)
-    assert ruling.warning
+    assert ruling.warning == "an instance no attempt of this code can own"
 
 
 def test_an_unknown_instance_goes_to_an_attempt_in_doubt_and_settles_it():
@@ -128,18 +137,20 @@ def test_an_unknown_instance_goes_to_an_attempt_in_doubt_and_settles_it():
 
 
 def test_an_agreed_unknown_instance_displaces_one_bound_by_inference():
-    ruling = decide_callback(head(REFUSED, business_id="b1", in_doubt=["A1"]), "b2", AGREE,
+    ruling = decide_callback(head(REFUSED, business_id="b1", in_doubt=["A0", "A1"]), "b2", AGREE,
                              None)
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", AGREED)
-    assert ruling.displaced == ("b1", "A1")
+    assert ruling.displaced == ("b1", "A0")  # the oldest in doubt, as a late callback's
 
 
 def test_an_agreed_instance_no_send_created_still_counts():
     ruling = decide_callback(head(REFUSED, business_id="b2"), "bX", AGREE, None)
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, NEW_ATTEMPT,
                                                                       AGREED)
+    assert ruling.warning == "an agreed instance the gateway never sent"
     ruling = decide_callback(head(AGREED, business_id="b2"), "bX", AGREE, None)
-    assert ruling.disposition == UNKNOWN_INSTANCE and ruling.warning
+    assert ruling.disposition == UNKNOWN_INSTANCE
+    assert ruling.warning == "a second agreed instance for one code"
 
 
 @pytest.mark.parametrize("event", states.CALLBACK_EVENTS)

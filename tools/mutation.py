@@ -50,8 +50,8 @@ TARGETS: dict[str, list[str]] = {
     "inbound": ["tests/test_validation_edges.py", "tests/test_callback_route.py",
                 "tests/test_http_surface.py"],
     "ip_allowlist": ["tests/test_validation_edges.py", "tests/test_callback_route.py"],
-    "states": ["tests/test_states.py", "tests/test_validation_edges.py",
-               "tests/test_callback_route.py", "tests/test_lifecycle_model.py"],
+    "states": ["tests/test_states.py", "tests/test_lifecycle.py", "tests/test_callback_route.py",
+               "tests/test_lifecycle_model.py"],
 }
 
 _SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
