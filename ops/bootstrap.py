@@ -203,12 +203,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
+    from ops.events import EventResources, name_the_stream, reconcile_event_resources
+
     session = aws_session(args.region)
     dynamodb, secrets_client = client(session, "dynamodb"), client(session, "secretsmanager")
     secret_ids = tuple(env[name] for name in SECRET_IDS)
     report = reconcile(dynamodb, secrets_client, approvals_table=env[settings.APPROVALS_TABLE],
                        nonces_table=env[settings.NONCES_TABLE], secrets=values,
                        existing_secrets=secret_ids, tags=stage.tags)
+    # The approval events: the bus, its archive, the dead-letter queue, and the stream named in
+    # the stage for chalice deploy.
+    report.changes += reconcile_event_resources(client(session, "events"), client(session, "sqs"),
+                                                EventResources.of(stage), stage.tags)
+    report.changes += name_the_stream(dynamodb, stage)
     for line in report.changes:
         print(line)
     if not report.changes:
