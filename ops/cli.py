@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--stack", help="the stack of infra/vpc-egress.yaml (default "
                                       "jinrun-gateway-egress-<stage>)")
     fill.set_defaults(handler=config_commands.fill_vpc_command)
+    stream_fill = config_group.add_parser(
+        "fill-stream", parents=[stage], help="the approvals table's stream, for chalice deploy",
+        description="Write the approvals table's current stream ARN into the stage in "
+                    ".chalice/config.json (APPROVALS_STREAM_ARN): chalice deploy subscribes the "
+                    "approval events function to it. Run it after the bootstrap, and again if "
+                    "the stream is ever turned off and on (its ARN changes).")
+    stream_fill.set_defaults(handler=events.fill_stream_command)
 
     deploy_parser = groups.add_parser(
         "deploy", parents=[stage], help="chalice deploy, once config check passes",

@@ -3,6 +3,8 @@
 - ``reconcile_event_resources``: the stage's bus, its archive and the dead-letter queue of the
   publishing function, created when missing (``python -m ops.bootstrap`` and the sandbox run it;
   the CloudFormation path declares the same in infra/resources.yaml).
+- ``config fill-stream``: name the approvals table's stream in the stage, where chalice reads it
+  when it imports app.py to deploy (``APPROVALS_STREAM_ARN``).
 - ``events configure-mapping``: what ``chalice deploy`` cannot set on the function's stream
   subscription (partial batch failures, bisection, bounded retries, the dead-letter queue).
   ``python -m ops deploy`` runs it after every deploy.
@@ -116,7 +118,7 @@ def event_problems(events_client, sqs_client, dynamodb_client, stage: Stage) -> 
         if error_code(exc) != "ResourceNotFoundException":
             raise
         current = None  # reported with the tables
-    how = f"`python -m ops.bootstrap --stage {stage.name}` writes it into {stage.path.name}"
+    how = f"`python -m ops config fill-stream --stage {stage.name}` writes it"
     if not named:
         problems.append(f"{settings.APPROVALS_STREAM_ARN} is not set: chalice deploy subscribes "
                         f"{events.FUNCTION_NAME} to that stream ({how})")
@@ -145,16 +147,29 @@ def write_stream_arn(stage: Stage, stream_arn: str) -> bool:
     return True
 
 
-def name_the_stream(dynamodb_client, stage: Stage) -> list[str]:
-    """Write the approvals table's current stream into a deployed stage; what changed."""
+def fill_stream_command(args) -> int:
+    """``config fill-stream``: name the approvals table's current stream in the stage."""
+    stage = load_stage(args.stage, args.config)
     if stage.name in LOCAL_STAGES:
-        return []
+        raise OpsError(f"stage {stage.name} runs locally: the sandbox finds its stream itself")
+    session = aws_session(args.region)
     table = stage.setting(settings.APPROVALS_TABLE)
-    stream = dynamodb_client.describe_table(TableName=table)["Table"].get("LatestStreamArn")
-    if not stream or not write_stream_arn(stage, stream):
-        return []
-    return [f"stage {stage.name}: {settings.APPROVALS_STREAM_ARN} is now {stream} in "
-            f"{stage.path} (commit it: chalice deploy subscribes {events.FUNCTION_NAME} to it)"]
+    try:
+        stream = client(session, "dynamodb").describe_table(TableName=table)["Table"].get(
+            "LatestStreamArn")
+    except Exception as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            raise OpsError(f"table {table} does not exist in {session.region_name}: create it "
+                           f"with `python -m ops.bootstrap --stage {stage.name}`") from None
+        raise
+    if not stream:
+        raise OpsError(f"table {table} has no stream: `python -m ops.bootstrap --stage "
+                       f"{stage.name}` turns it on")
+    changed = write_stream_arn(stage, stream)
+    print(f"stage {stage.name}: {'set' if changed else 'already had'} "
+          f"{settings.APPROVALS_STREAM_ARN} {stream} in {stage.path} (commit it: chalice deploy "
+          f"subscribes {events.FUNCTION_NAME} to it)")
+    return 0
 
 
 # -- the event source mapping -------------------------------------------------------------------
@@ -185,7 +200,7 @@ def configure_mapping(lambda_client, sqs_client, stage: Stage) -> list[str]:
     stream = stage.setting(settings.APPROVALS_STREAM_ARN)
     if not stream:
         raise OpsError(f"stage {stage.name} names no {settings.APPROVALS_STREAM_ARN}: run "
-                       f"`python -m ops.bootstrap --stage {stage.name}` first")
+                       f"`python -m ops config fill-stream --stage {stage.name}` first")
     _, dead_letter_arn = queue_url_and_arn(sqs_client, EventResources.of(stage).dead_letter_queue)
     try:
         mappings = lambda_client.list_event_source_mappings(

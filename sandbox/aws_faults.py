@@ -107,6 +107,10 @@ class FaultInjector:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == CONTROL_PATH:
             return self._control(environ, start_response)
+        if environ.get("PATH_INFO") == "/moto-api/reset":  # a reset of the emulator resets these
+            with self._lock:
+                self._faults.clear()
+                self._calls.clear()
         if environ.get("HTTP_X_AMZ_TARGET") != PUT_EVENTS:
             return self._app(environ, start_response)
         body = _body(environ)

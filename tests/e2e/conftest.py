@@ -50,6 +50,16 @@ def sandbox(stack) -> Sandbox:
     return Sandbox(stack.gateway_url, stack.zeyi_url)
 
 
+@pytest.fixture(scope="session")
+def approval_events(stack):
+    """Every approval event the sandbox's internal app receives, collected all session."""
+    from tests.e2e.approval_events import EventCollector
+
+    collector = EventCollector(stack.aws_client("sqs"), stack.internal_app_queue_url).start()
+    yield collector
+    collector.stop()
+
+
 def browser_missing() -> str | None:
     """Why the browser tests cannot run here, saying how to enable them; None when they can.
 
