@@ -58,13 +58,6 @@ def install_cheap_transaction_snapshots() -> None:
         for partition in partitions:
             if partition in table.items:
                 clone.items[partition] = copy_module.deepcopy(table.items[partition])
-        if table.stream_shard is not None:
-            # moto applies a transaction's writes one by one, each adding its stream record, and
-            # rolls back to this snapshot when one fails: the stream must roll back with it, as
-            # DynamoDB never streams a cancelled transaction (its records are immutable).
-            clone.stream_shard = copy_module.copy(table.stream_shard)
-            clone.stream_shard.items = list(table.stream_shard.items)
-            clone.stream_shard.table = clone
         return clone
 
     class CheapCopy:
@@ -88,9 +81,21 @@ def install_cheap_transaction_snapshots() -> None:
                 if table is not None and table.hash_key_attr in key:
                     partitions.setdefault(table.name, set()).add(
                         DynamoType(key[table.hash_key_attr]))
+        # moto applies a transaction's writes one by one, each streaming its record, and rolls
+        # the tables back to their snapshots when one fails. DynamoDB never streams a cancelled
+        # transaction, so the records it added go too; the shard object itself stays the same,
+        # as the readers' shard iterators hold it.
+        shards = {name: (table.stream_shard, len(table.stream_shard.items))
+                  for name, table in self.tables.items()
+                  if name in partitions and table.stream_shard is not None}
         models.copy = CheapCopy(partitions)
         try:
             return original(self, transact_items)
+        except Exception:
+            for name, (shard, length) in shards.items():
+                del shard.items[length:]
+                self.tables[name].stream_shard = shard
+            raise
         finally:
             models.copy = copy_module
 
