@@ -409,3 +409,37 @@ def test_the_lambda_function_answers_a_partial_batch_response(gateway, store, su
     assert answer == {"batchItemFailures": [{"itemIdentifier": failed[0]}]}
     assert sorted(e["detail"]["code"] for e in subscriber.drain(settle_seconds=0.5)) == [
         "EV-P00", "EV-P01"]
+
+
+def test_the_example_in_docs_events_is_a_valid_event():
+    import re
+
+    from tests.events_support import SCHEMA_PATH
+
+    readme = (SCHEMA_PATH.parent / "README.md").read_text(encoding="utf-8")
+    [example] = re.findall(r"```json\n(.*?)```", readme, re.S)
+    assert_valid(json.loads(example))
+
+
+@pytest.mark.parametrize("change", [
+    lambda e: e.update({"detail-type": "Approval Refused"}),          # another status's type
+    lambda e: e["detail"].pop("eventId"),
+    lambda e: e["detail"].update(sequence=0),
+    lambda e: e["detail"].update(previousStatus=None),                # only a first change has none
+    lambda e: e["detail"].update(remark="x" * 1001),                  # longer than a preview
+    lambda e: e["detail"].update(unknownField=1),
+    lambda e: e["detail"].pop("callback"),                            # a callback's change says so
+    lambda e: e.update({"detail-type": "Approval Callback Recorded"}),  # an applied one moved it
+], ids=["type", "eventId", "sequence", "previous", "remark", "unknown", "callback", "recorded"])
+def test_the_schema_refuses_what_the_gateway_never_sends(change):
+    import re
+
+    import jsonschema
+
+    from tests.events_support import SCHEMA_PATH, validator
+
+    readme = (SCHEMA_PATH.parent / "README.md").read_text(encoding="utf-8")
+    event = json.loads(re.findall(r"```json\n(.*?)```", readme, re.S)[0])
+    change(event)
+    with pytest.raises(jsonschema.ValidationError):
+        validator().validate(event)
