@@ -158,3 +158,37 @@ def test_every_stage_names_its_bus_and_the_dead_letter_queue_follows(tmp_path):
         assert resources.bus == f"jinrun-approval-events-{name}"
         assert resources.dead_letter_queue == f"jinrun-approval-events-{name}-dlq"
         assert len(resources.archive) <= 48  # EventBridge's limit on archive names
+
+
+def test_ops_deploy_sets_the_failure_handling_once_chalice_has_deployed(empty_aws, capsys,
+                                                                         tmp_path, monkeypatch):
+    import ops.deploy as deploy_module
+
+    config = bootstrapped(tmp_path, stage_settings=VPC)
+    stage = load_stage("dev", config)
+    function = stage.function_name(events.FUNCTION_NAME)
+    ran = []
+
+    class Deployed:
+        returncode = 0
+
+    def chalice_deploy(command, **kwargs):
+        # What chalice deploy does for the events function: the function, and a subscription to
+        # the stream the stage names, with batch size and starting position only.
+        ran.append(command)
+        _function(function)
+        aws.client("lambda").create_event_source_mapping(
+            EventSourceArn=kwargs["env"].get("APPROVALS_STREAM_ARN")
+            or stage.setting("APPROVALS_STREAM_ARN"), FunctionName=function, BatchSize=100,
+            StartingPosition="TRIM_HORIZON")
+        return Deployed()
+
+    monkeypatch.setattr(deploy_module.subprocess, "run", chalice_deploy)
+    capsys.readouterr()
+    status, out, _ = run_ops(capsys, "deploy", "--stage", "dev", "--config", config)
+    assert status == 0 and ran and ran[0][-3:] == ["deploy", "--stage", "dev"]
+    assert f"{function}: its stream subscription" in out and "now reports partial failures" in out
+    [mapping] = aws.client("lambda").list_event_source_mappings(
+        FunctionName=function)["EventSourceMappings"]
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
