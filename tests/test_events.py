@@ -183,6 +183,22 @@ def test_a_callback_of_an_earlier_instance_is_recorded_as_its_own_event(store):
         assert_valid(as_delivered(event))
 
 
+def test_a_late_callback_of_an_attempt_in_doubt_names_that_attempt(store, clock):
+    first = store.claim("EV-L2", request("EV-L2"), 1)  # its answer never came
+    clock.now += 5
+    second = store.claim("EV-L2", request("EV-L2"), LEASE)
+    store.settle_send("EV-L2", second, "PENDING", {"kind": "accepted"})
+    store.record_callback(callback("EV-L2", "bid-2", result="refuse"), 1200)
+    outcome = store.record_callback(callback("EV-L2", "bid-1", "terminate", None), 1200)
+    assert outcome.disposition == "late"
+    recorded = events_of("EV-L2")[-1]
+    assert summary(as_delivered(recorded)) == ("Approval Callback Recorded", "REFUSED",
+                                               "REFUSED", 5)
+    assert (recorded.detail["attemptId"], recorded.detail["businessId"]) == (first, "bid-1")
+    assert recorded.detail["callback"]["disposition"] == "late"
+    assert_valid(as_delivered(recorded))
+
+
 def test_a_callback_no_attempt_can_own_belongs_to_none(store):
     attempt = store.claim("EV-X", request("EV-X"), LEASE)
     store.settle_send("EV-X", attempt, "PENDING", {"kind": "accepted"})

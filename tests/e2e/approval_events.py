@@ -1,11 +1,26 @@
-"""The sandbox's internal app, for the end-to-end tests: everything the rule on the stage's bus
-delivers to its queue, collected in the background for the whole session (so no test takes
-another's events), by code."""
+"""An internal app of the end-to-end tests' own: everything a rule on the stage's bus delivers to
+its queue, collected in the background for the whole session (so no test takes another's
+events), by code."""
 from __future__ import annotations
 
 import json
 import threading
 import time
+
+
+def subscribe(stack, name: str) -> str:
+    """A queue of its own, and a rule sending it every approval event of the sandbox's bus, as an
+    internal app sets up; its URL."""
+    from chalicelib.events import SOURCE
+
+    sqs, bridge = stack.aws_client("sqs"), stack.aws_client("events")
+    bus = stack.stage_environment()["EVENT_BUS_NAME"]
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"]
+    bridge.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps({"source": [SOURCE]}))
+    bridge.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": name, "Arn": arn}])
+    return url
 
 
 class EventCollector:

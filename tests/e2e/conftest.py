@@ -52,10 +52,11 @@ def sandbox(stack) -> Sandbox:
 
 @pytest.fixture(scope="session")
 def approval_events(stack):
-    """Every approval event the sandbox's internal app receives, collected all session."""
-    from tests.e2e.approval_events import EventCollector
+    """Every approval event on the stage's bus, collected all session by an internal app of the
+    tests' own (its queue and rule), so the sandbox's internal app queue stays make demo's."""
+    from tests.e2e.approval_events import EventCollector, subscribe
 
-    collector = EventCollector(stack.aws_client("sqs"), stack.internal_app_queue_url).start()
+    collector = EventCollector(stack.aws_client("sqs"), subscribe(stack, "e2e-tests")).start()
     yield collector
     collector.stop()
 

@@ -289,6 +289,8 @@ def test_at_a_terminal_make_run_offers_to_stop_an_earlier_sandbox(tmp_path):
 
 @pytest.mark.timeout(200)
 def test_make_demo_runs_every_flow(stack):
+    # The demo is the sandbox's internal app: it starts from an empty queue, as after make run.
+    stack.aws_client("sqs").purge_queue(QueueUrl=stack.internal_app_queue_url)
     result = subprocess.run(
         [sys.executable, "-m", "sandbox.demo"], cwd=PROJECT_DIR, capture_output=True,
         text=True, timeout=180,
