@@ -3,12 +3,14 @@
 Zeyi calls /auth/token and /dingtalkAudit/callback (signed; token; optional IP allowlist).
 Internal apps call /audit/* (IAM-signed in deployed stages) or invoke the Lambda functions.
 Every answer to every method on every route, including every failure, is Zeyi's envelope.
+The approvals table's stream feeds publish_approval_events, which puts the approval events on
+the stage's EventBridge bus.
 """
 from __future__ import annotations
 
 from chalice import Chalice, IAMAuthorizer, Response
 
-from chalicelib import aws, envelope, inbound, json_body
+from chalicelib import aws, envelope, events, inbound, json_body
 from chalicelib.approval_store import DynamoDBApprovalStore
 from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import (
@@ -20,7 +22,7 @@ from chalicelib.errors import (
 from chalicelib.ip_allowlist import check_source_ip
 from chalicelib.logs import logger
 from chalicelib.secrets_cache import SecretsCache
-from chalicelib.settings import Settings, load_settings
+from chalicelib.settings import Settings, approvals_stream_arn, load_settings
 
 app = Chalice(app_name="jinrun-approval-gateway")
 iam = IAMAuthorizer()
@@ -269,3 +271,15 @@ def get_function(event, context):
             raise ValidationError("event must be {\"code\": \"...\"}")
         return _get(event["code"])
     return _envelope_of(action)[1]
+
+
+# -- approval events: the approvals table's stream → EventBridge (chalicelib.events) -------------
+
+@app.on_dynamodb_record(stream_arn=approvals_stream_arn(), batch_size=events.STREAM_BATCH_SIZE,
+                        starting_position=events.STREAM_STARTING_POSITION,
+                        name=events.FUNCTION_NAME)
+def publish_approval_events(event):
+    logger.clear_state()
+    outcome = events.handle_batch(event.to_dict()["Records"], client=aws.client("events"),
+                                  bus_name=load_settings().event_bus_name)
+    return outcome.response

@@ -3,7 +3,8 @@
 Layout (table ``approvals``, key ``code`` + ``sk``; every read of one code is one Query):
 - ``HEAD``: the code's current state, small whatever the code's history: ``status``,
   ``attemptId`` (the current attempt), ``businessId`` (the Zeyi instance bound to it, once a
-  callback named one), ``leaseExpiresAt`` (SUBMITTING and CANCELLING), ``inDoubt`` (earlier
+  callback named one), ``auditType`` (the current attempt's, for the approval events),
+  ``leaseExpiresAt`` (SUBMITTING and CANCELLING), ``inDoubt`` (earlier
   attempts superseded before Zeyi's answer or callback was heard: they may own an instance the
   gateway has not seen), ``lastCallback`` (what the latest callback said, previews only),
   ``changedBy`` and ``version``. Every write of the HEAD bumps ``version``, so a write that read
@@ -437,6 +438,9 @@ class DynamoDBApprovalStore:
             sets.update(attemptId=_s(current), status=_s(ruling.status))
         if ruling.disposition == states.APPLIED and attempt_id == current:
             sets["businessId"] = _s(callback.business_id)
+        new_attempt_removes: list[str] = []
+        if ruling.attempt_id == states.NEW_ATTEMPT:
+            _set_audit_type(sets, new_attempt_removes, callback.audit_type)
         if head is None:
             return self._head_update(callback.code, sets)
         before = tuple(head.get("inDoubt", ()))
@@ -446,7 +450,7 @@ class DynamoDBApprovalStore:
                                                          before, head["attemptId"])
         settled = {attempt_id, current, ruling.displaced[1] if ruling.displaced else None}
         in_doubt = tuple(attempt for attempt in in_doubt if attempt not in settled)
-        removes = ["leaseExpiresAt"] if "status" in sets else []
+        removes = (["leaseExpiresAt"] if "status" in sets else []) + new_attempt_removes
         if in_doubt != before:
             if in_doubt:
                 sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
@@ -564,6 +568,7 @@ class DynamoDBApprovalStore:
                 "leaseExpiresAt": _n(now + lease_seconds * 1000), "updatedAt": _n(now),
                 "changedBy": _s(CHANGED_BY_SEND)}
         removes = ["businessId", "lastCallback"]
+        _set_audit_type(sets, removes, request.get("auditType"))
         if head is not None:
             in_doubt = states.in_doubt_after_superseding(head["status"], head.get("businessId"),
                                                   tuple(head.get("inDoubt", ())),
@@ -820,6 +825,15 @@ def _callback_fields(callback: CallbackRecord) -> dict:
     if cut:
         fields["cut"] = {"L": cut}
     return fields
+
+
+def _set_audit_type(sets: dict, removes: list[str], audit_type: object) -> None:
+    """The HEAD names its current attempt's auditType (the approval events carry it); an attempt
+    that names none leaves no earlier attempt's on it."""
+    if isinstance(audit_type, str) and audit_type:
+        sets["auditType"] = _s(_storable_text(audit_type, PREVIEW_CHARS["auditType"])[0])
+    else:
+        removes.append("auditType")
 
 
 def new_attempt_id(now_ms: int) -> str:

@@ -30,6 +30,16 @@ CANCEL_LEASE_SECONDS = "CANCEL_LEASE_SECONDS"
 ALLOWED_SOURCE_IPS = "ALLOWED_SOURCE_IPS"
 AWS_CONNECT_TIMEOUT_SECONDS = "AWS_CONNECT_TIMEOUT_SECONDS"
 AWS_READ_TIMEOUT_SECONDS = "AWS_READ_TIMEOUT_SECONDS"
+# Approval events (chalicelib.events): the stage's EventBridge bus, and the approvals table's
+# stream the publishing function reads.
+EVENT_BUS_NAME = "EVENT_BUS_NAME"
+APPROVALS_STREAM_ARN = "APPROVALS_STREAM_ARN"
+# Chalice imports app.py with the stage's environment variables set (for `chalice deploy` and
+# `chalice package` too), so the stream handler's decorator reads the stream there. A stage that
+# does not name it yet (the local stage, the tests; a deployed stage before its first bootstrap)
+# gets this stand-in: `python -m ops config check` refuses to deploy with it, and the
+# CloudFormation template names the real stream itself.
+STREAM_ARN_UNSET = "arn:aws:dynamodb:us-east-1:000000000000:table/unset/stream/unset"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -57,6 +67,7 @@ class Settings:
     allowed_source_ips: tuple[str, ...]
     aws_connect_timeout_seconds: float
     aws_read_timeout_seconds: float
+    event_bus_name: str = "approval-events"
 
     @property
     def nonce_ttl_seconds(self) -> int:
@@ -120,4 +131,11 @@ def load_settings() -> Settings:
         allowed_source_ips=ips,
         aws_connect_timeout_seconds=_number(AWS_CONNECT_TIMEOUT_SECONDS, 1.0),
         aws_read_timeout_seconds=_number(AWS_READ_TIMEOUT_SECONDS, 3.0),
+        event_bus_name=_text(EVENT_BUS_NAME, "approval-events"),
     )
+
+
+def approvals_stream_arn() -> str:
+    """The stream the approval events are published from, as the stage names it; the stand-in
+    when it does not."""
+    return _text(APPROVALS_STREAM_ARN, "") or STREAM_ARN_UNSET

@@ -1,5 +1,6 @@
 """Create or complete what ``chalice deploy`` does not: the two DynamoDB tables and the three
-secrets of a stage, set up the way the gateway and the operators rely on.
+secrets of a stage, set up the way the gateway and the operators rely on, and the approval
+events' bus, archive and dead-letter queue (``ops.events``).
 
 It reconciles rather than skips: a table that exists gets whatever it lacks (point-in-time
 recovery, TTL on nonces, deletion protection, the approvals stream, tags), a secret that exists
@@ -203,12 +204,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
+    from ops.events import EventResources, reconcile_event_resources
+
     session = aws_session(args.region)
     dynamodb, secrets_client = client(session, "dynamodb"), client(session, "secretsmanager")
     secret_ids = tuple(env[name] for name in SECRET_IDS)
     report = reconcile(dynamodb, secrets_client, approvals_table=env[settings.APPROVALS_TABLE],
                        nonces_table=env[settings.NONCES_TABLE], secrets=values,
                        existing_secrets=secret_ids, tags=stage.tags)
+    # The approval events: the bus, its archive and the dead-letter queue.
+    report.changes += reconcile_event_resources(client(session, "events"), client(session, "sqs"),
+                                                EventResources.of(stage), stage.tags)
     for line in report.changes:
         print(line)
     if not report.changes:

@@ -27,7 +27,7 @@ def _group(subparsers, name: str, help_text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ops import approvals, config_commands, deploy, secret_rotation, sign_check
+    from ops import approvals, config_commands, deploy, events, secret_rotation, sign_check
 
     stage = _stage_options()
     parser = argparse.ArgumentParser(
@@ -127,6 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when it was received: epoch ms or ISO 8601 (default now)")
     check.set_defaults(handler=sign_check.sign_check_command)
 
+    events_group = _group(groups, "events", "the approval events' delivery")
+    replay = events_group.add_parser(
+        "replay-dlq", parents=[stage], help="publish again the events in the dead-letter queue",
+        description="Publish again the approval events whose stream records ended in the "
+                    "stage's dead-letter queue (read back from the approvals table's stream, "
+                    "which keeps them 24 hours), and remove each message once all its events "
+                    "are published. The events are the same (same eventId): consumers drop "
+                    "duplicates.")
+    replay.add_argument("--max-messages", type=int, default=100,
+                        help="at most this many messages (100)")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="say which records each message names; publish nothing")
+    replay.set_defaults(handler=events.replay_dlq_command)
+    mapping = events_group.add_parser(
+        "configure-mapping", parents=[stage],
+        help="failure handling of the events function's stream subscription",
+        description="Give the stream subscription that `chalice deploy` created for "
+                    "publish_approval_events what chalice cannot: partial batch failures, "
+                    "bisection, bounded retries and the stage's dead-letter queue. `python -m "
+                    "ops deploy` runs it after each deploy.")
+    mapping.set_defaults(handler=events.configure_mapping_command)
+
     config_group = _group(groups, "config", "check a stage's configuration")
     config_check = config_group.add_parser(
         "check", parents=[stage], help="everything a deploy needs, or a list of what is wrong",
@@ -141,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--stack", help="the stack of infra/vpc-egress.yaml (default "
                                       "jinrun-gateway-egress-<stage>)")
     fill.set_defaults(handler=config_commands.fill_vpc_command)
+    stream_fill = config_group.add_parser(
+        "fill-stream", parents=[stage], help="the approvals table's stream, for chalice deploy",
+        description="Write the approvals table's current stream ARN into the stage in "
+                    ".chalice/config.json (APPROVALS_STREAM_ARN): chalice deploy subscribes the "
+                    "approval events function to it. Run it after the bootstrap, and again if "
+                    "the stream is ever turned off and on (its ARN changes).")
+    stream_fill.set_defaults(handler=events.fill_stream_command)
 
     deploy_parser = groups.add_parser(
         "deploy", parents=[stage], help="chalice deploy, once config check passes",

@@ -4,7 +4,8 @@ what is not.
 ``check`` looks at everything a deploy relies on and nothing fails loudly without: the VPC
 settings (or an explicit opt-out), Zeyi's base URL for the stage, a policy file per function,
 each secret (exists, parses with the gateway's own parser, cannot be deleted), each table
-(point-in-time recovery, TTL, deletion protection, the stream). ``fill-vpc`` copies the subnets
+(point-in-time recovery, TTL, deletion protection, the stream), the approval events' stream,
+bus, archive and dead-letter queue. ``fill-vpc`` copies the subnets
 and security group from the egress stack's outputs into the stage and prints the egress IPs Zeyi
 must whitelist.
 """
@@ -101,6 +102,11 @@ def check_stage(stage: Stage, region: str | None) -> tuple[list[str], str | None
         problems += _secret_problems(secrets_client, stage)
         problems += table_problems(dynamodb, stage.setting(settings.APPROVALS_TABLE),
                                    stage.setting(settings.NONCES_TABLE))
+        if stage.name not in LOCAL_STAGES:
+            from ops.events import event_problems
+
+            problems += event_problems(client(session, "events"), client(session, "sqs"),
+                                       dynamodb, stage)
         return problems, session.region_name
     except Exception as exc:
         problems.append(f"AWS not checked: {describe_failure(exc)}")

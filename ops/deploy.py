@@ -3,7 +3,9 @@
 Runs ``config check`` first and refuses on any problem: above all empty VPC settings, with which
 the deploy would succeed and every call to Zeyi would then leave from an IP off its whitelist.
 It also hands chalice the region from ``AWS_REGION`` (chalice's botocore reads only
-``AWS_DEFAULT_REGION`` and the profile).
+``AWS_DEFAULT_REGION`` and the profile), and once chalice has deployed, gives the approval
+events function's stream subscription the failure handling chalice cannot set
+(``ops.events.configure_mapping``).
 """
 from __future__ import annotations
 
@@ -32,4 +34,14 @@ def deploy_command(args) -> int:
           flush=True)
     if args.dry_run:
         return 0
-    return subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode
+    status = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode
+    if status == 0:
+        # chalice cannot set the events function's stream failure handling: set it every time
+        # (a new subscription, after a changed stream, starts without it).
+        from ops.common import aws_session, client
+        from ops.events import configure_mapping
+
+        session = aws_session(region or args.region)
+        for line in configure_mapping(client(session, "lambda"), client(session, "sqs"), stage):
+            print(line)
+    return status

@@ -24,7 +24,7 @@ VPC_OPT_OUT = "vpc_opt_out"
 ZEYI_BASE_URLS = {"dev": "https://test.shjiuze.cn", "prod": "https://gw.shjiuze.cn"}
 API_HANDLER = "api_handler"
 REQUIRED_NAMES = (settings.APPROVALS_TABLE, settings.NONCES_TABLE, settings.OUTBOUND_SECRET_ID,
-                  settings.INBOUND_SECRET_ID, settings.TOKEN_SECRET_ID)
+                  settings.INBOUND_SECRET_ID, settings.TOKEN_SECRET_ID, settings.EVENT_BUS_NAME)
 _SUBNET_RE = re.compile(r"subnet-[0-9a-f]{8,17}")
 _SECURITY_GROUP_RE = re.compile(r"sg-[0-9a-f]{8,17}")
 

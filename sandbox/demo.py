@@ -4,9 +4,11 @@
 2. send → Zeyi refuses → REFUSED
 3. send → cancel → CANCELLING → Zeyi's terminate callback → TERMINATED
 4. a second send for a code whose approval is active → 409 APPROVAL_ACTIVE
-and finally ``GET /audit/{code}`` for each. Codes carry a timestamp, so the demo can be rerun.
-Ports: the same SANDBOX_GATEWAY_PORT / SANDBOX_ZEYI_PORT as ``make run``. Exits non-zero when a
-step does not do what it says, so it doubles as a smoke test.
+and finally ``GET /audit/{code}`` for each. After each flow it shows the approval events the
+sandbox's internal app received on its queue (the stage's bus → a rule → SQS), as an internal
+team's app would. Codes carry a timestamp, so the demo can be rerun.
+Ports: the same SANDBOX_GATEWAY_PORT / SANDBOX_ZEYI_PORT / SANDBOX_AWS_PORT as ``make run``.
+Exits non-zero when a step does not do what it says, so it doubles as a smoke test.
 """
 from __future__ import annotations
 
@@ -21,7 +23,15 @@ from dataclasses import dataclass, field
 
 import requests
 
-from sandbox.stack import GATEWAY_PORT_ENV, ZEYI_PORT_ENV, StackError, ports_from_env
+from sandbox.stack import (
+    AWS_PORT_ENV,
+    GATEWAY_PORT_ENV,
+    INTERNAL_APP_QUEUE,
+    REGION,
+    ZEYI_PORT_ENV,
+    StackError,
+    ports_from_env,
+)
 
 FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED")
 WAIT_SECONDS = 20.0
@@ -47,9 +57,11 @@ def cancel_body(code: str) -> dict:
 class Demo:
     gateway: str
     zeyi: str
+    aws: str | None = None
     out: Callable[[str], None] = print
     failures: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
+    received: dict[str, dict[str, dict]] = field(default_factory=dict)  # code → eventId → event
 
     # -- output --------------------------------------------------------------------------------
 
@@ -116,6 +128,43 @@ class Demo:
             status = self.status(code, show=False)
         return status
 
+    # -- the internal app's events --------------------------------------------------------------
+
+    def _read_queue(self, sqs, url: str) -> None:
+        for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", []):
+            event = json.loads(message["Body"])
+            detail = event["detail"]
+            self.received.setdefault(detail["code"], {}).setdefault(detail["eventId"], event)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    def events(self, code: str, expected: list[str]) -> None:
+        """Wait for ``code``'s events on the internal app's queue, show them, check them."""
+        if self.aws is None:
+            return
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=self.aws, region_name=REGION,
+                           aws_access_key_id="testing",
+                           aws_secret_access_key="testing")  # noqa: S106 - the sandbox's moto
+        url = sqs.get_queue_url(QueueName=INTERNAL_APP_QUEUE)["QueueUrl"]
+        deadline = time.monotonic() + WAIT_SECONDS
+        while len(self.received.get(code, {})) < len(expected) and time.monotonic() < deadline:
+            self._read_queue(sqs, url)
+        self._read_queue(sqs, url)  # one more look: nothing unexpected may follow
+        found = sorted(self.received.get(code, {}).values(),
+                       key=lambda event: event["detail"]["sequence"])
+        self.out(f"  the internal app's queue ({INTERNAL_APP_QUEUE}) got, for {code}:")
+        for event in found:
+            detail = event["detail"]
+            self.out(f"    #{detail['sequence']} {event['detail-type']:<27}"
+                     f" {detail['previousStatus'] or '-'} → {detail['status']}"
+                     f"  eventId {detail['eventId'][:8]}…"
+                     + (f"  {detail['auditUser']}: {detail['remark']}"
+                        if detail.get("auditUser") else ""))
+        self.expect([event["detail-type"] for event in found] == expected,
+                    "events: " + ", ".join(name.removeprefix("Approval ") for name in expected))
+
     # -- the flows -----------------------------------------------------------------------------
 
     def run(self, suffix: str) -> int:
@@ -128,6 +177,7 @@ class Demo:
         self.wait_callback(agree)
         self.expect(self.wait_status(agree, "AGREED") == "AGREED", "AGREED after the callback")
         self.status(agree)
+        self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
         self.step(f"2. send {refuse}, Zeyi refuses")
         self.expect(self.send(refuse).status_code == 200, "send accepted")
@@ -135,6 +185,7 @@ class Demo:
         self.wait_callback(refuse)
         self.expect(self.wait_status(refuse, "REFUSED") == "REFUSED", "REFUSED after the callback")
         self.status(refuse)
+        self.events(refuse, ["Approval Submitted", "Approval Pending", "Approval Refused"])
 
         self.step(f"3. send {cancel}, then cancel it: CANCELLING until Zeyi's terminate callback")
         self.expect(self.send(cancel).status_code == 200, "send accepted")
@@ -149,6 +200,8 @@ class Demo:
         self.expect(self.wait_status(cancel, "TERMINATED") == "TERMINATED",
                     "TERMINATED after the terminate callback")
         self.status(cancel)
+        self.events(cancel, ["Approval Submitted", "Approval Pending", "Approval Cancelling",
+                             "Approval Terminated"])
 
         self.step(f"4. a second send for {agree}, whose approval is AGREED (still active)")
         response = self.send(agree)
@@ -162,6 +215,9 @@ class Demo:
         payload = response.json() if response.content else {}
         self.expect(response.status_code == 409 and payload.get("errorCode") == "APPROVAL_ACTIVE",
                     "409 APPROVAL_ACTIVE")
+        self.events(pending, ["Approval Submitted", "Approval Pending"])
+        self.out("  …and a refused send changes nothing, so it is no event:")
+        self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
         self.step("5. GET /audit/{code} for each")
         for code in self.codes:
@@ -190,10 +246,12 @@ def main() -> int:
         return 2
     demo = Demo(gateway=f"http://127.0.0.1:{ports[GATEWAY_PORT_ENV]}",
                 zeyi=f"http://127.0.0.1:{ports[ZEYI_PORT_ENV]}",
+                aws=f"http://127.0.0.1:{ports[AWS_PORT_ENV]}",
                 out=lambda line: print(line, flush=True))
     # A bare connection, not an HTTP request: the gateway's terminal shows requests people make.
     for name, url, port in (("gateway", demo.gateway, ports[GATEWAY_PORT_ENV]),
-                            ("Zeyi simulator", demo.zeyi, ports[ZEYI_PORT_ENV])):
+                            ("Zeyi simulator", demo.zeyi, ports[ZEYI_PORT_ENV]),
+                            ("AWS emulator", demo.aws, ports[AWS_PORT_ENV])):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=3).close()
         except OSError:

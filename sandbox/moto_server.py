@@ -7,6 +7,7 @@ Real DynamoDB applies each request atomically; serializing the requests here giv
 that same guarantee, so a 500 from the emulator is never mistaken for a gateway bug. Connections
 are still accepted concurrently. Transactions also snapshot only what they can change (see
 ``install_cheap_transaction_snapshots``), so the sandbox does not slow down as its tables grow.
+PutEvents can be made to fail on request (``sandbox.aws_faults``).
 
 Run as ``python -m sandbox.moto_server -H 127.0.0.1 -p 5000``.
 """
@@ -26,6 +27,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug import serving as werkzeug_serving
 from werkzeug.serving import run_simple
 
+from sandbox.aws_faults import FaultInjector
 from sandbox.lifeline import die_with_parent
 
 
@@ -79,13 +81,53 @@ def install_cheap_transaction_snapshots() -> None:
                 if table is not None and table.hash_key_attr in key:
                     partitions.setdefault(table.name, set()).add(
                         DynamoType(key[table.hash_key_attr]))
+        # moto applies a transaction's writes one by one, each streaming its record, and rolls
+        # the tables back to their snapshots when one fails. DynamoDB never streams a cancelled
+        # transaction, so the records it added go too; the shard object itself stays the same,
+        # as the readers' shard iterators hold it.
+        shards = {name: (table.stream_shard, len(table.stream_shard.items))
+                  for name, table in self.tables.items()
+                  if name in partitions and table.stream_shard is not None}
         models.copy = CheapCopy(partitions)
         try:
             return original(self, transact_items)
+        except Exception:
+            for name, (shard, length) in shards.items():
+                del shard.items[length:]
+                self.tables[name].stream_shard = shard
+            raise
         finally:
             models.copy = copy_module
 
     models.DynamoDBBackend.transact_write_items = transact_write_items
+
+
+def install_one_stream_record_per_write() -> None:
+    """Make moto stream one record for an UpdateItem that creates its item, as DynamoDB does.
+
+    moto creates the item with its keys only (streaming an INSERT of the bare keys), then
+    applies the update and streams a second INSERT with the whole item. A stream consumer would
+    see an item that never existed (the approval events' HEAD without a status or version). The
+    first of the two records is dropped and the second takes its sequence number, so the
+    stream's numbering stays gapless. Only safe because SerializedApp runs one request at a time.
+    """
+    import moto.dynamodb.models as models
+
+    original = models.DynamoDBBackend.update_item
+
+    def update_item(self, table_name, key, *args, **kwargs):
+        table = self.tables.get(table_name)
+        shard = table.stream_shard if table is not None else None
+        before = len(shard.items) if shard is not None else 0
+        item = original(self, table_name, key, *args, **kwargs)
+        if shard is not None and len(shard.items) == before + 2 and all(
+                record.record["eventName"] == "INSERT" for record in shard.items[before:]):
+            bare, whole = shard.items[before:]
+            whole.record["dynamodb"]["SequenceNumber"] = bare.record["dynamodb"]["SequenceNumber"]
+            del shard.items[before]
+        return item
+
+    models.DynamoDBBackend.update_item = update_item
 
 
 class SerializedApp:
@@ -119,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         install_cheap_transaction_snapshots()
     except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
+    install_one_stream_record_per_write()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
-    app = DomainDispatcherApplication(create_backend_app)
+    app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults
     run_simple(args.host, args.port, SerializedApp(app), threaded=True,
                request_handler=MotoRequestHandler)
 

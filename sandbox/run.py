@@ -1,15 +1,18 @@
 """``make run``: the whole gateway on this machine, with no AWS account and no Zeyi.
 
-Starts moto server (DynamoDB + Secrets Manager), creates the local stage's tables and secrets
-with ``ops.bootstrap`` (the deploy path's own code), starts the Zeyi simulator with its inbox
-page, then the gateway (Chalice's local server, stage ``local``). Ctrl-C or SIGTERM stops all
-three; killed outright, the three die with it. See docs/sandbox.md.
+Starts moto server (DynamoDB, Secrets Manager, EventBridge, SQS), creates the local stage's
+tables, secrets and event bus with ``ops.bootstrap`` (the deploy path's own code) and an
+internal app's queue subscribed to the bus, starts the Zeyi simulator with its inbox page, the
+gateway (Chalice's local server, stage ``local``), and the events poller (the approvals table's
+stream → app.py's handler → the bus, as Lambda would run it). Ctrl-C or SIGTERM stops them all;
+killed outright, they die with it. See docs/sandbox.md.
 
 Ports: SANDBOX_GATEWAY_PORT (8000), SANDBOX_ZEYI_PORT (8001), SANDBOX_AWS_PORT (5000).
 SANDBOX_AUTO_DECIDE=agree|refuse|terminate|by-suffix makes the simulator decide by itself.
 SANDBOX_ENCRYPT=true encrypts both directions (the gateway's ZEYI_ENCRYPT and CALLBACK_ENCRYPTED).
 SANDBOX_VERBOSE=true makes the simulator print every HTTP request it serves.
-SANDBOX_LOG_DIR (.sandbox/logs) is where the gateway's JSON log and moto's log go.
+SANDBOX_LOG_DIR (.sandbox/logs) is where the gateway's and the events poller's JSON logs and
+moto's log go.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from sandbox.stack import (
     AWS_PORT_ENV,
     DEFAULT_LOG_DIR,
     GATEWAY_PORT_ENV,
+    INTERNAL_APP_QUEUE,
     PROJECT_DIR,
     ZEYI_PORT_ENV,
     PortsBusyError,
@@ -84,8 +88,10 @@ Sandbox is up:
   gateway         {g}   the app, stage local (internal routes need no auth here)
   approver inbox  {z}/  open it in a browser: agree, refuse, terminate, watch callbacks
   Zeyi simulator  {z}   Zeyi's API, and its control API under {z}/_control/
-  AWS (moto)      {stack.aws_url}   DynamoDB + Secrets Manager
-  logs            {logs}/gateway.log (the gateway's JSON log), {logs}/moto.log
+  AWS (moto)      {stack.aws_url}   DynamoDB, Secrets Manager, EventBridge, SQS
+  events          the approvals stream → bus jinrun-approval-events-local → queue
+                  {INTERNAL_APP_QUEUE} (the internal app; README, "Approval events")
+  logs            {logs}/gateway.log and events.log (JSON logs), {logs}/moto.log
 
 Try, in another terminal:
   {demo}
@@ -96,9 +102,13 @@ or by hand:
                      # Zeyi agrees, and answers once its callback has reached the gateway
   curl -s {g}/audit/HT-1                                 # AGREED
   curl -s {z}/_control/requests                          # what the gateway sent to Zeyi
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \\
+    .venv/bin/python examples/approval_events_consumer.py --endpoint-url {stack.aws_url} \\
+    --queue {INTERNAL_APP_QUEUE} --once               # act on the events, as an app would
 
-Below: one line per request to the gateway ([gateway]), and per Zeyi call, decision and
-callback try ([zeyi]). docs/sandbox.md explains the rest. Ctrl-C stops all three processes.
+Below: one line per request to the gateway ([gateway]), per Zeyi call, decision and callback
+try ([zeyi]), and per approval event published ([events]). docs/sandbox.md explains the rest.
+Ctrl-C stops every process.
 """
 
 

@@ -1,4 +1,6 @@
-"""Start and stop the sandbox's three processes: moto server, the Zeyi simulator, the gateway.
+"""Start and stop the sandbox's processes: moto server, the Zeyi simulator, the gateway, and the
+events poller (``sandbox.stream_poller``: Lambda's stream subscription, which Chalice's local
+server does not run).
 
 ``sandbox.run`` (``make run``) and the end-to-end tests both use ``SandboxStack``, so the tests
 exercise exactly what a developer runs. Each process gets its own process group, so stopping one
@@ -32,6 +34,10 @@ REGION = "us-east-1"
 GATEWAY_PORT_ENV, ZEYI_PORT_ENV, AWS_PORT_ENV = (
     "SANDBOX_GATEWAY_PORT", "SANDBOX_ZEYI_PORT", "SANDBOX_AWS_PORT")
 DEFAULT_PORTS = {GATEWAY_PORT_ENV: 8000, ZEYI_PORT_ENV: 8001, AWS_PORT_ENV: 5000}
+# The "internal app" of the sandbox: a queue that a rule on the stage's bus feeds with every
+# approval event, as an internal team's own rule would (README, "Approval events").
+INTERNAL_APP_QUEUE = "jinrun-internal-app-local"
+INTERNAL_APP_RULE = "jinrun-internal-app-local"
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 
@@ -102,6 +108,7 @@ class ManagedProcess:
 
     def __init__(self, name: str, argv: list[str], *, env: dict[str, str],
                  ready_url: str | None = None, ready_port: int | None = None,
+                 ready_path: Path | None = None,
                  log_path: Path | None, stderr_to_terminal: bool = False,
                  fresh_log: bool = False, cwd: Path = PROJECT_DIR):
         self.name = name
@@ -109,6 +116,7 @@ class ManagedProcess:
         self.env = dict(env, **{PARENT_PID_ENV: str(os.getpid())})
         self.ready_url = ready_url
         self.ready_port = ready_port
+        self.ready_path = ready_path  # a process with no port: ready once it wrote this file
         self.log_path = log_path
         self.stderr_to_terminal = stderr_to_terminal
         self.fresh_log = fresh_log
@@ -117,6 +125,8 @@ class ManagedProcess:
         self._log_file = None
 
     def _ready(self) -> bool:
+        if self.ready_path is not None:
+            return self.ready_path.exists()
         if self.ready_port is not None:
             return _tcp_answers(self.ready_port)
         return _http_answers(self.ready_url)
@@ -144,7 +154,8 @@ class ManagedProcess:
                 return self
             time.sleep(0.1)
         self.stop()
-        where = self.ready_url or f"port {self.ready_port}"
+        where = self.ready_url or (f"port {self.ready_port}" if self.ready_path is None
+                                   else f"{self.ready_path} (its status file)")
         raise StackError(f"{self.name} did not answer on {where} within"
                          f" {timeout_seconds:.0f} s{self._log_hint()}")
 
@@ -276,8 +287,8 @@ class SandboxStack:
             path, to_terminal = self.log_dir / f"{name}.log", False
         elif name == "moto":
             path, to_terminal = self.terminal_log_dir / "moto.log", False
-        elif name == "gateway":
-            path, to_terminal = self.terminal_log_dir / "gateway.log", True
+        elif name in ("gateway", "events"):
+            path, to_terminal = self.terminal_log_dir / f"{name}.log", True
         else:
             return {"log_path": None}
         fresh = path not in self._logs_started
@@ -314,8 +325,13 @@ class SandboxStack:
                            f" project; stop {'them' if len(ours) > 1 else 'it'} with: kill {pids}")
         raise PortsBusyError("\n".join(message), busy, holders)
 
+    @property
+    def poller_status_path(self) -> Path:
+        """Where the events poller writes what it has done (sandbox.stream_poller)."""
+        return (self.log_dir or self.terminal_log_dir) / "events-poller.json"
+
     def start(self) -> SandboxStack:
-        """Start all three, in order, each ready before the next. Raises StackError."""
+        """Start every process, in order, each ready before the next. Raises StackError."""
         self.check_ports()
         try:
             self.start_aws()
@@ -324,6 +340,7 @@ class SandboxStack:
             if self.zeyi_url_override is None:
                 self.start_simulator()
             self.start_gateway()
+            self.start_poller()
         except BaseException:
             self.stop()
             raise
@@ -344,26 +361,56 @@ class SandboxStack:
 
         return stage_environment(STAGE)
 
-    def bootstrap(self) -> list[str]:
-        """Create the local stage's tables and secrets with the deploy path's own bootstrap."""
+    def aws_client(self, service: str):
+        """A client of the sandbox's AWS (moto server)."""
         import boto3
 
+        session = boto3.session.Session(aws_access_key_id="testing",
+                                        aws_secret_access_key="testing", region_name=REGION)
+        return session.client(service, endpoint_url=self.aws_url)
+
+    def bootstrap(self) -> list[str]:
+        """Create the local stage's tables, secrets and event resources with the deploy path's
+        own bootstrap, and subscribe the sandbox's internal app to the events."""
         from ops.bootstrap import bootstrap
+        from ops.events import EventResources, reconcile_event_resources
 
         env = self.stage_environment()
         credentials = json.loads(self.credentials_path.read_text(encoding="utf-8"))
         outbound = self.outbound_secret_override or credentials["outbound"]
-        session = boto3.session.Session(aws_access_key_id="testing",
-                                        aws_secret_access_key="testing", region_name=REGION)
-        return bootstrap(
-            session.client("dynamodb", endpoint_url=self.aws_url),
-            session.client("secretsmanager", endpoint_url=self.aws_url),
+        lines = bootstrap(
+            self.aws_client("dynamodb"), self.aws_client("secretsmanager"),
             approvals_table=env["APPROVALS_TABLE"], nonces_table=env["NONCES_TABLE"],
             secrets={
                 env["OUTBOUND_SECRET_ID"]: json.dumps(outbound),
                 env["INBOUND_SECRET_ID"]: json.dumps({"credentials": [credentials["inbound"]]}),
                 env["TOKEN_SECRET_ID"]: json.dumps({"keys": [secrets.token_urlsafe(48)]}),
             })
+        resources = EventResources(env["EVENT_BUS_NAME"])
+        lines += reconcile_event_resources(self.aws_client("events"), self.aws_client("sqs"),
+                                           resources, {"app": "jinrun-approval-gateway",
+                                                       "stage": STAGE})
+        lines.append(self.subscribe_internal_app(resources.bus))
+        return lines
+
+    def subscribe_internal_app(self, bus: str) -> str:
+        """A queue for the sandbox's internal app, and a rule that sends it every approval
+        event of the bus (what an internal team sets up for itself)."""
+        from chalicelib.events import SOURCE
+
+        sqs, bridge = self.aws_client("sqs"), self.aws_client("events")
+        url = sqs.create_queue(QueueName=INTERNAL_APP_QUEUE)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        bridge.put_rule(Name=INTERNAL_APP_RULE, EventBusName=bus,
+                        EventPattern=json.dumps({"source": [SOURCE]}))
+        bridge.put_targets(Rule=INTERNAL_APP_RULE, EventBusName=bus,
+                           Targets=[{"Id": "internal-app", "Arn": arn}])
+        return f"queue {INTERNAL_APP_QUEUE} (the internal app) gets every approval event of {bus}"
+
+    @property
+    def internal_app_queue_url(self) -> str:
+        return self.aws_client("sqs").get_queue_url(QueueName=INTERNAL_APP_QUEUE)["QueueUrl"]
 
     def start_simulator(self) -> None:
         self.progress(f"starting the Zeyi simulator on {self.zeyi_url}")
@@ -398,6 +445,23 @@ class SandboxStack:
             **self._output("gateway"),
         ).start()
 
+    def start_poller(self) -> None:
+        self.progress("starting the events poller (the approvals table's stream → EventBridge)")
+        self.poller_status_path.unlink(missing_ok=True)
+        # It imports app.py itself: the local stage's settings, as chalice local gives them to
+        # the gateway, over the gateway's environment (moto's endpoint and credentials).
+        env = {**self.gateway_environment(), **self.stage_environment()}
+        argv = [sys.executable, "-m", "sandbox.stream_poller",
+                "--status-file", str(self.poller_status_path)]
+        self.processes["events"] = ManagedProcess(
+            "the events poller", argv, env=env, ready_path=self.poller_status_path,
+            **self._output("events"),
+        ).start()
+
+    def poller_status(self) -> dict:
+        """What the events poller has done so far (sandbox.stream_poller.write_status)."""
+        return json.loads(self.poller_status_path.read_text(encoding="utf-8"))
+
     def stop_gateway(self) -> None:
         gateway = self.processes.pop("gateway", None)
         if gateway is not None:
@@ -409,7 +473,7 @@ class SandboxStack:
 
     def stop(self) -> None:
         """Stop every process this stack started, gateway first. Safe to call twice."""
-        for name in ("gateway", "zeyi", "aws"):
+        for name in ("gateway", "events", "zeyi", "aws"):
             process = self.processes.pop(name, None)
             if process is not None:
                 process.stop()

@@ -19,6 +19,7 @@ NONCES_TABLE = "test-nonces"
 OUTBOUND_SECRET_ID = "test/zeyi-outbound"
 INBOUND_SECRET_ID = "test/zeyi-inbound"
 TOKEN_SECRET_ID = "test/token-key"
+EVENT_BUS_NAME = "test-approval-events"
 
 OUTBOUND = {"appKey": "0867ef5f23ef446483749e19e1692b40",
             "appSecret": "5f1c9a2b7e3d4c6a8b0e1f2a3c4d5e6f", "iv": "0102030405060708"}
@@ -49,6 +50,7 @@ def _no_real_aws(monkeypatch, tmp_path):
         settings.INBOUND_SECRET_ID: INBOUND_SECRET_ID,
         settings.TOKEN_SECRET_ID: TOKEN_SECRET_ID,
         settings.ZEYI_BASE_URL: "http://127.0.0.1:9",
+        settings.EVENT_BUS_NAME: EVENT_BUS_NAME,
     }.items():
         monkeypatch.setenv(name, value)
     aws.reset()

@@ -136,6 +136,10 @@ def test_a_half_finished_setup_is_completed_and_each_change_named(empty_aws, cap
         f"table {nonces}: tagged {tags}",
         f"secret {token}: denied its deletion (resource policy {DENY_DELETION_SID})",
         f"secret {token}: tagged {tags}",
+        # The approval events' resources (tests/test_ops_events.py).
+        f"created event bus {env['EVENT_BUS_NAME']}",
+        f"created archive {env['EVENT_BUS_NAME']} of every approval event (365 days)",
+        f"created queue {env['EVENT_BUS_NAME']}-dlq (the approval events' dead letters)",
     ]
     assert err.count("warning: secret") == 2 and "secrets add-inbound --stage dev" in err
     dev_tags = {"app": "jinrun-approval-gateway", "stage": "dev"}

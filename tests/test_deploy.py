@@ -52,7 +52,10 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # Services the Lambda code may call, with the IAM prefix of each. A new service fails
 # test_functions_call_only_known_services until it is added here, to the recorder's
 # _resource_names and to the policy files.
-KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager"}
+KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "events": "events"}
+# IAM prefixes that only the Lambda service uses with a function's role, never the code: an
+# event source mapping's on-failure destination (the approval events' dead-letter queue).
+SERVICE_ONLY_PREFIXES = {"sqs"}
 # TransactWriteItems / TransactGetItems have no IAM action of their own: each element is
 # authorised as the underlying item action.
 TRANSACT_ELEMENTS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
@@ -337,6 +340,9 @@ def _recorded(model, params) -> set[tuple[str, str]]:
     operation = model.name
     if service == "secretsmanager":
         return {(f"{prefix}:{operation}", _setting_of(params["SecretId"]))}
+    if service == "events":
+        return {(f"{prefix}:{operation}", _setting_of(entry.get("EventBusName", "default")))
+                for entry in params["Entries"]}
     if operation in {"TransactWriteItems", "TransactGetItems"}:
         found = set()
         for item in params["TransactItems"]:
@@ -427,6 +433,35 @@ def exercise_get_approval(gateway, zeyi, record):
         assert unknown["errorCode"] == "APPROVAL_NOT_FOUND", unknown
 
 
+def exercise_publish_approval_events(gateway, zeyi, record):
+    """The stream records of every kind of change (a send, Zeyi's answer, a callback, a
+    callback recorded without a move), handed to the function as Lambda does."""
+    from tests.events_support import create_bus, stream_records
+
+    create_bus(os.environ[settings.EVENT_BUS_NAME])
+    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-E")).payload)
+    body = b"{}"
+    token = json.loads(gateway.http.post("/auth/token", body=body, headers=peer.signed_headers(
+        body)).body)["result"]["accessToken"]
+    _callback(gateway, token, code="POL-E", businessId="proc-e")
+    _callback(gateway, token, code="POL-E", businessId="proc-f", result="refuse")
+    records = stream_records(os.environ[settings.APPROVALS_TABLE])
+    with record():
+        answer = gateway.lambda_.invoke("publish_approval_events", {"Records": records}).payload
+        assert answer == {"batchItemFailures": []}, answer
+
+
+def stream_read_and_dead_letters(stage_name: str) -> dict[str, set[str]]:
+    """What Lambda does with the events function's role: read the approvals stream, and send a
+    batch that failed for good to the dead-letter queue."""
+    table = stage_env(stage_name)[settings.APPROVALS_TABLE]
+    bus = stage_env(stage_name)[settings.EVENT_BUS_NAME]
+    stream = f"arn:*:dynamodb:*:*:table/{table}/stream/*"
+    return {**{f"dynamodb:{action}": {stream} for action in (
+        "DescribeStream", "GetRecords", "GetShardIterator", "ListStreams")},
+        "sqs:SendMessage": {f"arn:*:sqs:*:*:{bus}-dlq"}}
+
+
 @dataclass(frozen=True)
 class Entry:
     """How to drive a function's paths, and what the Lambda service does with the function's
@@ -444,6 +479,8 @@ FUNCTIONS: dict[str, Entry] = {
     "send_approval": Entry(exercise_send_approval),
     "cancel_approval": Entry(exercise_cancel_approval),
     "get_approval": Entry(exercise_get_approval),
+    "publish_approval_events": Entry(exercise_publish_approval_events,
+                                     service_actions=stream_read_and_dead_letters),
 }
 
 
@@ -475,6 +512,8 @@ def resource_arn(stage_name: str, setting: str) -> str:
     value = stage_env(stage_name)[setting]
     if setting in (settings.APPROVALS_TABLE, settings.NONCES_TABLE):
         return f"arn:*:dynamodb:*:*:table/{value}"
+    if setting == settings.EVENT_BUS_NAME:
+        return f"arn:*:events:*:*:event-bus/{value}"
     return f"arn:*:secretsmanager:*:*:secret:{value}-??????"
 
 
@@ -560,7 +599,7 @@ def test_each_role_allows_exactly_what_its_function_calls(function, record_calls
             expected.setdefault(action, set()).add(resource_arn(stage_name, setting))
         name = policy_file(stage_name, function)
         granted = {action: resources for action, resources in allowed(load_policy(name)).items()
-                   if action.split(":")[0] in KNOWN_SERVICES.values()}
+                   if action.split(":")[0] in {*KNOWN_SERVICES.values(), *SERVICE_ONLY_PREFIXES}}
         assert granted == expected, f"{name}: allows {granted}, the code calls {expected}"
 
 
@@ -594,7 +633,8 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
             group = f"arn:*:logs:*:*:log-group:{stage_of(stage_name).log_group(function)}"
             assert resources == {group, f"{group}:*"}, f"{name}: writes other functions' logs"
         else:
-            assert prefix in KNOWN_SERVICES.values(), f"{name}: unexpected service {prefix}"
+            assert prefix in {*KNOWN_SERVICES.values(), *SERVICE_ONLY_PREFIXES}, (
+                f"{name}: unexpected service {prefix}")
     granted = allowed(policy)
     assert granted.keys() >= LOG_ACTIONS, f"{name}: the function could not write its logs"
     eni = granted.keys() & VPC_ENI_ACTIONS
@@ -678,6 +718,17 @@ def test_merged_template_passes_cfn_lint(stage, tmp_path):
                      require_vpc=False)
     assert result.template.suffix == ".yaml"
     cfn_lint(result.template)
+    # The approval events' stream subscription: this stack's stream, and the failure handling
+    # chalice cannot write, merged into chalice's own (tests/test_events_deploy.py).
+    from chalicelib.events import STREAM_MAPPING
+
+    function = load_cfn(result.template)["Resources"]["PublishApprovalEvents"]["Properties"]
+    [(_, subscription)] = function["Events"].items()
+    assert subscription["Type"] == "DynamoDB"
+    merged = subscription["Properties"]
+    assert merged["Stream"] == {"Fn::GetAtt": ["ApprovalsTable", "StreamArn"]}
+    assert {name: merged[name] for name in STREAM_MAPPING} == STREAM_MAPPING
+    assert merged["StartingPosition"] == "TRIM_HORIZON"
 
 
 def _resolve_stage(value, stage: str) -> str:
@@ -703,14 +754,15 @@ def test_resources_template_names_match_the_stage_config(stage):
     resources = load_cfn(ROOT / "infra" / "resources.yaml")["Resources"]
     env = stage_env(stage)
     names = {_resolve_stage(r["Properties"]["TableName"], stage) for r in resources.values()
-             if r["Type"] == "AWS::DynamoDB::Table"}
+             if r.get("Type") == "AWS::DynamoDB::Table"}
     assert names == {env[settings.APPROVALS_TABLE], env[settings.NONCES_TABLE]}
     secrets = {_resolve_stage(r["Properties"]["Name"], stage) for r in resources.values()
-               if r["Type"] == "AWS::SecretsManager::Secret"}
+               if r.get("Type") == "AWS::SecretsManager::Secret"}
     assert secrets == {env[settings.OUTBOUND_SECRET_ID], env[settings.INBOUND_SECRET_ID],
                        env[settings.TOKEN_SECRET_ID]}
     for resource in resources.values():
-        assert resource.get("DeletionPolicy") == "Retain"
+        if "Type" in resource:  # the others are merged into chalice's own resources
+            assert resource.get("DeletionPolicy") == "Retain"
 
 
 def test_resources_template_matches_chalicelib_tables():
@@ -744,9 +796,9 @@ def test_resources_template_denies_deleting_every_secret():
     from ops.bootstrap import DENY_DELETION
 
     resources = load_cfn(ROOT / "infra" / "resources.yaml")["Resources"]
-    secrets = {name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"}
+    secrets = {name for name, r in resources.items() if r.get("Type") == "AWS::SecretsManager::Secret"}
     protected = {r["Properties"]["SecretId"]["Fn::Ref"] for r in resources.values()
-                 if r["Type"] == "AWS::SecretsManager::ResourcePolicy"
+                 if r.get("Type") == "AWS::SecretsManager::ResourcePolicy"
                  and DENY_DELETION in r["Properties"]["ResourcePolicy"]["Statement"]}
     assert protected == secrets
 

@@ -67,6 +67,9 @@ COMMANDS = [
     ["sign", "check", "--headers", "{headers}", "--body", "{body}"],
     ["config", "check"],
     ["config", "fill-vpc"],
+    ["config", "fill-stream"],
+    ["events", "replay-dlq"],
+    ["events", "configure-mapping"],
     ["deploy", "--dry-run"],
 ]
 
@@ -81,7 +84,8 @@ def _command_paths(parser: argparse.ArgumentParser, prefix=()):
 
 def test_every_command_has_help(capsys):
     paths = list(_command_paths(build_parser()))
-    assert {path[0] for path in paths} == {"approvals", "secrets", "sign", "config", "deploy"}
+    assert {path[0] for path in paths} == {"approvals", "secrets", "sign", "config", "deploy",
+                                          "events"}
     leaves = {path for path in paths if not any(p[:len(path)] == path and p != path
                                                 for p in paths)}
     assert leaves == {tuple(c[:2]) if c[0] != "deploy" else ("deploy",) for c in COMMANDS}

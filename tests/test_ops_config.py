@@ -11,6 +11,7 @@ import pytest
 from chalicelib import aws
 from ops import stage_config as stage_config_module
 from ops.bootstrap import main as bootstrap_main
+from ops.cli import main as ops_main
 from ops.stage_config import load_stage, vpc_problems
 from tests.conftest import INBOUND, OUTBOUND
 from tests.test_ops_cli import run_ops, stage_config
@@ -28,6 +29,8 @@ def bootstrapped(tmp_path, **changes):
     assert bootstrap_main(["--stage", "dev", "--config", str(config), "--outbound-secret-file",
                            str(outbound), "--inbound-secret-file", str(inbound),
                            "--token-key", "generate"]) == 0
+    # The approvals stream, named in the stage for chalice deploy.
+    assert ops_main(["config", "fill-stream", "--stage", "dev", "--config", str(config)]) == 0
     return config
 
 
@@ -49,14 +52,18 @@ def test_an_empty_account_gets_the_whole_list(empty_aws, capsys, tmp_path):
     status, out, err = run_ops(capsys, "config", "check", "--stage", "dev",
                                "--config", stage_config(tmp_path))
     assert status == 1 and err == ""
-    assert out.splitlines()[0] == "stage dev in us-east-1: 6 problem(s)"
+    assert out.splitlines()[0] == "stage dev in us-east-1: 9 problem(s)"
     problems = problems_of(out)
     assert problems[0].startswith("stage dev has no VPC settings")
-    assert problems[1:] == ["secret test/zeyi-outbound does not exist",
-                            "secret test/zeyi-inbound does not exist",
-                            "secret test/token-key does not exist",
-                            "table test-approvals does not exist",
-                            "table test-nonces does not exist"]
+    assert problems[1:6] == ["secret test/zeyi-outbound does not exist",
+                             "secret test/zeyi-inbound does not exist",
+                             "secret test/token-key does not exist",
+                             "table test-approvals does not exist",
+                             "table test-nonces does not exist"]
+    # The approval events' (tests/test_ops_events.py).
+    assert problems[6].startswith("APPROVALS_STREAM_ARN is not set")
+    assert problems[7:] == ["event bus jinrun-approval-events-dev does not exist",
+                            "queue jinrun-approval-events-dev-dlq does not exist"]
 
 
 def test_what_a_half_set_up_stage_lacks_is_named(empty_aws, capsys, tmp_path):

@@ -50,6 +50,17 @@ def sandbox(stack) -> Sandbox:
     return Sandbox(stack.gateway_url, stack.zeyi_url)
 
 
+@pytest.fixture(scope="session")
+def approval_events(stack):
+    """Every approval event on the stage's bus, collected all session by an internal app of the
+    tests' own (its queue and rule), so the sandbox's internal app queue stays make demo's."""
+    from tests.e2e.approval_events import EventCollector, subscribe
+
+    collector = EventCollector(stack.aws_client("sqs"), subscribe(stack, "e2e-tests")).start()
+    yield collector
+    collector.stop()
+
+
 def browser_missing() -> str | None:
     """Why the browser tests cannot run here, saying how to enable them; None when they can.
 

@@ -165,8 +165,8 @@ def test_zeyi_rejects_a_gateway_with_a_wrong_outbound_secret(sandbox: Sandbox, s
                             timeout=10).status_code == 404
 
 
-@pytest.mark.timeout(240)
-def test_a_burst_of_200_approvals(sandbox: Sandbox):
+@pytest.mark.timeout(360)
+def test_a_burst_of_200_approvals(sandbox: Sandbox, approval_events):
     codes = [sandbox.new_code(f"BURST{i:03d}") for i in range(200)]
     actions = {code: ("agree", "refuse", "terminate")[i % 3] for i, code in enumerate(codes)}
     expected = {"agree": "AGREED", "refuse": "REFUSED", "terminate": "TERMINATED"}
@@ -194,6 +194,13 @@ def test_a_burst_of_200_approvals(sandbox: Sandbox):
     assert {r["code"]: r["status"] for r in results} == {
         code: expected[actions[code]] for code in codes}
     assert all(len(applied_callbacks(r)) == 1 for r in results)
+    # Each approval's three changes (the send, Zeyi's answer, the decision) are exactly three
+    # distinct events on the bus, none missing (tests/e2e/test_events.py has the details).
+    events = approval_events.wait_all(codes, lambda code: 3, timeout_seconds=180)
+    assert {code: [(e["detail"]["sequence"], e["detail"]["status"]) for e in found]
+            for code, found in events.items()} == {
+        code: [(1, "SUBMITTING"), (2, "PENDING"), (3, expected[actions[code]])] for code in codes}
+    assert sum(map(len, events.values())) == 600
 
 
 @pytest.mark.parametrize("mode", ["status503", "not_json", "drop"])

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -144,11 +145,11 @@ def test_make_run_shows_one_readable_line_per_request_and_logs_json_to_files(tmp
     ports = _sandbox_ports()
     gateway = f"http://127.0.0.1:{ports['SANDBOX_GATEWAY_PORT']}"
     zeyi = f"http://127.0.0.1:{ports['SANDBOX_ZEYI_PORT']}"
-    for name in ("gateway.log", "moto.log"):
+    for name in ("gateway.log", "events.log", "moto.log"):
         (tmp_path / name).write_text("A LINE FROM AN EARLIER RUN\n")
     run = Run(ports, tmp_path)
     try:
-        banner = run.wait_for("Ctrl-C stops all three", 90)
+        banner = run.wait_for("Ctrl-C stops every process", 90)
         started_at = len(run.lines)
         code = f"RUN-{os.getpid()}"
         # The banner's own walk-through: agree waits for the callback, so the next GET is AGREED.
@@ -163,12 +164,14 @@ def test_make_run_shows_one_readable_line_per_request_and_logs_json_to_files(tmp
                              timeout=30).status_code == 409
         requests.get(f"{zeyi}/_inbox/gateway/{code}", timeout=30)  # an inbox poll: not shown
         run.wait_for(f"POST /audit/send 409 APPROVAL_ACTIVE: code {code}", 10)
+        run.wait_for(f"[events]  {code} #3 Approval Agreed (AGREED)", 30)
     finally:
         assert run.stop() == 0
     after = run.lines[started_at:]
     shown = "".join(after)
     for line in after:
-        assert line.startswith(("[gateway] ", "[zeyi]    ", "sandbox: ")) or not line.strip(), line
+        assert line.startswith(("[gateway] ", "[zeyi]    ", "[events]  ", "sandbox: ")) \
+            or not line.strip(), line
     assert "[gateway] POST /audit/send 200 PENDING (" in shown
     assert f"[gateway] GET /audit/{code} 200 PENDING (" in shown
     assert f"[gateway] GET /audit/{code} 200 AGREED (" in shown
@@ -179,6 +182,11 @@ def test_make_run_shows_one_readable_line_per_request_and_logs_json_to_files(tmp
     assert (f"[zeyi]    callback {code} finish/agree try 1/8 → HTTP 200 success status=AGREED"
             in shown)
     assert f"APPROVAL_ACTIVE: code {code} already has an approval" in shown
+    # One line per approval event the poller published (the refused send was none).
+    assert [line.strip() for line in after if line.startswith(f"[events]  {code} ")] == [
+        f"[events]  {code} #1 Approval Submitted (SUBMITTING)",
+        f"[events]  {code} #2 Approval Pending (PENDING)",
+        f"[events]  {code} #3 Approval Agreed (AGREED)"]
     for noise in NOISE:
         assert noise not in run.output, noise
     gateway_log = (tmp_path / "gateway.log").read_text(encoding="utf-8").splitlines()
@@ -187,6 +195,10 @@ def test_make_run_shows_one_readable_line_per_request_and_logs_json_to_files(tmp
     assert gateway_log and all(json.loads(line) for line in gateway_log if line.strip())
     assert any("APPROVAL_ACTIVE" in line for line in gateway_log)
     assert "POST / HTTP/1.1" in moto_log and "\x1b[" not in moto_log
+    events_log = (tmp_path / "events.log").read_text(encoding="utf-8").splitlines()
+    assert "A LINE FROM AN EARLIER RUN" not in events_log
+    assert any(json.loads(line).get("message") == "approval events published"
+               for line in events_log if line.strip())
 
 
 @pytest.mark.timeout(200)
@@ -277,15 +289,23 @@ def test_at_a_terminal_make_run_offers_to_stop_an_earlier_sandbox(tmp_path):
 
 @pytest.mark.timeout(200)
 def test_make_demo_runs_every_flow(stack):
+    # The demo is the sandbox's internal app: it starts from an empty queue, as after make run.
+    stack.aws_client("sqs").purge_queue(QueueUrl=stack.internal_app_queue_url)
     result = subprocess.run(
         [sys.executable, "-m", "sandbox.demo"], cwd=PROJECT_DIR, capture_output=True,
         text=True, timeout=180,
         env=_env({"SANDBOX_GATEWAY_PORT": stack.gateway_port,
-                  "SANDBOX_ZEYI_PORT": stack.zeyi_port}))
+                  "SANDBOX_ZEYI_PORT": stack.zeyi_port, "SANDBOX_AWS_PORT": stack.aws_port}))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Every step did what it should" in result.stdout
     for status in ("AGREED", "REFUSED", "CANCELLING", "TERMINATED", "APPROVAL_ACTIVE"):
         assert status in result.stdout
+    # The events the sandbox's internal app received, for each flow.
+    for events in ("Submitted, Pending, Agreed", "Submitted, Pending, Refused",
+                   "Submitted, Pending, Cancelling, Terminated", "Submitted, Pending"):
+        assert f"✓ events: {events}\n" in result.stdout
+    assert re.search(r"#3 Approval Agreed +PENDING → AGREED  eventId [0-9a-f]{8}…  王经理: demo: agree",
+                     result.stdout)
 
 
 @pytest.mark.timeout(120)
