@@ -64,12 +64,17 @@ VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces"
                    "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
 LAYER_PREFIX = re.compile(r"^python/(lib/python[^/]+/site-packages/)?")
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+# What X-Ray's active tracing needs of every function's role (the Lambda service sends the
+# function's segment with it, chalicelib.tracing the subsegments). No resource-level restriction.
+XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # Chalice's policy files are static JSON, the same file for every region and partition: the
 # account is pinned with this condition (IAM fills in the role's own account), the partition and
 # region stay '*' (docs/operations.md, "Least privilege and where Chalice limits it").
 ACCOUNT_PIN = {"StringEqualsIfExists": {"aws:ResourceAccount": "${aws:PrincipalAccount}"}}
 ZEYI_CLIENT = ("chalicelib.zeyi_client", "ZeyiClient.__init__")
 OPERATOR_ONLY_MODULES = {"chalicelib.tables"}
+STATEFUL_TYPES = {"AWS::DynamoDB::Table", "AWS::SecretsManager::Secret",
+                  "AWS::SecretsManager::ResourcePolicy", "AWS::Logs::LogGroup"}
 
 
 # --- what each function's code can call: its static call graph -----------------------------------
@@ -345,6 +350,9 @@ def _recorded(model, params) -> set[tuple[str, str]]:
         return found
     if operation in {"BatchGetItem", "BatchWriteItem"}:
         return {(f"{prefix}:{operation}", _setting_of(table)) for table in params["RequestItems"]}
+    if params.get("IndexName"):  # a Query of an index is authorised on the index's ARN
+        return {(f"{prefix}:{operation}",
+                 f"{_setting_of(params['TableName'])}/index/{params['IndexName']}")}
     return {(f"{prefix}:{operation}", _setting_of(params["TableName"]))}
 
 
@@ -427,6 +435,25 @@ def exercise_get_approval(gateway, zeyi, record):
         assert unknown["errorCode"] == "APPROVAL_NOT_FOUND", unknown
 
 
+def exercise_find_stuck_approvals(gateway, zeyi, record):
+    """The scheduled search, with one approval of each searched status stuck for an hour."""
+    import time
+
+    from chalicelib.approval_store import DynamoDBApprovalStore
+
+    store = DynamoDBApprovalStore(aws.client("dynamodb"), os.environ[settings.APPROVALS_TABLE],
+                                  os.environ[settings.NONCES_TABLE],
+                                  clock=lambda: time.time() - 8 * 24 * 3600)
+    store.claim("POL-STUCK-S", {"code": "POL-STUCK-S"}, 120)
+    attempt = store.claim("POL-STUCK-P", {"code": "POL-STUCK-P"}, 120)
+    store.settle_send("POL-STUCK-P", attempt, "PENDING", {"kind": "accepted"})
+    event = gateway.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    with record():
+        gateway.lambda_.invoke("find_stuck_approvals", event)
+    assert len(store.open_approvals("SUBMITTING")) == 1
+
+
 @dataclass(frozen=True)
 class Entry:
     """How to drive a function's paths, and what the Lambda service does with the function's
@@ -444,6 +471,7 @@ FUNCTIONS: dict[str, Entry] = {
     "send_approval": Entry(exercise_send_approval),
     "cancel_approval": Entry(exercise_cancel_approval),
     "get_approval": Entry(exercise_get_approval),
+    "find_stuck_approvals": Entry(exercise_find_stuck_approvals),
 }
 
 
@@ -472,7 +500,10 @@ def stage_env(name: str) -> dict[str, str]:
 
 
 def resource_arn(stage_name: str, setting: str) -> str:
+    setting, _, index = setting.partition("/index/")
     value = stage_env(stage_name)[setting]
+    if index:
+        return f"arn:*:dynamodb:*:*:table/{value}/index/{index}"
     if setting in (settings.APPROVALS_TABLE, settings.NONCES_TABLE):
         return f"arn:*:dynamodb:*:*:table/{value}"
     return f"arn:*:secretsmanager:*:*:secret:{value}-??????"
@@ -581,8 +612,10 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
         assert len(prefixes) == 1, f"{name}: one service per statement, got {prefixes}"
         prefix = prefixes.pop()
         if resources == {"*"}:
-            assert prefix == "ec2", f"{name}: Resource * is only for the VPC ENI actions"
-            assert actions <= VPC_ENI_ACTIONS, f"{name}: {actions - VPC_ENI_ACTIONS}"
+            assert prefix in {"ec2", "xray"}, (
+                f"{name}: Resource * is only for the VPC ENI and X-Ray actions")
+            assert actions <= VPC_ENI_ACTIONS | XRAY_ACTIONS, (
+                f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS}")
             continue
         for resource in resources:
             assert resource.startswith(f"arn:*:{prefix}:*:*:"), (
@@ -597,6 +630,9 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
             assert prefix in KNOWN_SERVICES.values(), f"{name}: unexpected service {prefix}"
     granted = allowed(policy)
     assert granted.keys() >= LOG_ACTIONS, f"{name}: the function could not write its logs"
+    traced = stage_of(stage_name).function_setting(function, "xray")
+    assert (granted.keys() & XRAY_ACTIONS) == (XRAY_ACTIONS if traced else set()), (
+        f"{name}: X-Ray is {'on' if traced else 'off'} for {function}")
     eni = granted.keys() & VPC_ENI_ACTIONS
     if kept_out_of_vpc(stage_name, function):
         assert not eni, f"{name}: {function} runs outside the VPC and needs no ENI actions"
@@ -656,6 +692,10 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         read = float(env[settings.ZEYI_READ_TIMEOUT_SECONDS])
         assert connect + read + 5 <= properties["Timeout"] < 29, name
         assert properties["Environment"]["Variables"] == env
+        assert properties["Tracing"] == "Active", f"{name}: X-Ray is not active"
+        reserved = stage_of(stage).function_setting(chalice_names[name], "reserved_concurrency")
+        assert isinstance(reserved, int) and reserved >= 1, f"{name}: no reserved concurrency"
+        assert properties["ReservedConcurrentExecutions"] == reserved, name
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]
         documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
         own = load_policy(policy_file(stage, chalice_names[name]))
@@ -703,14 +743,17 @@ def test_resources_template_names_match_the_stage_config(stage):
     resources = load_cfn(ROOT / "infra" / "resources.yaml")["Resources"]
     env = stage_env(stage)
     names = {_resolve_stage(r["Properties"]["TableName"], stage) for r in resources.values()
-             if r["Type"] == "AWS::DynamoDB::Table"}
+             if r.get("Type") == "AWS::DynamoDB::Table"}
     assert names == {env[settings.APPROVALS_TABLE], env[settings.NONCES_TABLE]}
     secrets = {_resolve_stage(r["Properties"]["Name"], stage) for r in resources.values()
-               if r["Type"] == "AWS::SecretsManager::Secret"}
+               if r.get("Type") == "AWS::SecretsManager::Secret"}
     assert secrets == {env[settings.OUTBOUND_SECRET_ID], env[settings.INBOUND_SECRET_ID],
                        env[settings.TOKEN_SECRET_ID]}
+    # What holds data is kept when the stack goes (resources merged into chalice's own, with no
+    # Type here, and alarms, topics and dashboards are not data).
     for resource in resources.values():
-        assert resource.get("DeletionPolicy") == "Retain"
+        if resource.get("Type") in STATEFUL_TYPES:
+            assert resource.get("DeletionPolicy") == "Retain"
 
 
 def test_resources_template_matches_chalicelib_tables():
@@ -744,9 +787,10 @@ def test_resources_template_denies_deleting_every_secret():
     from ops.bootstrap import DENY_DELETION
 
     resources = load_cfn(ROOT / "infra" / "resources.yaml")["Resources"]
-    secrets = {name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"}
+    secrets = {name for name, r in resources.items()
+               if r.get("Type") == "AWS::SecretsManager::Secret"}
     protected = {r["Properties"]["SecretId"]["Fn::Ref"] for r in resources.values()
-                 if r["Type"] == "AWS::SecretsManager::ResourcePolicy"
+                 if r.get("Type") == "AWS::SecretsManager::ResourcePolicy"
                  and DENY_DELETION in r["Properties"]["ResourcePolicy"]["Statement"]}
     assert protected == secrets
 
