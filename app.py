@@ -105,7 +105,6 @@ def _zeyi_client(settings: Settings):
 # registered first, so it wraps every route and every answer Chalice makes itself.
 
 API_HANDLER = "api_handler"
-LATENCY_METRICS = {("POST", "/dingtalkAudit/callback"): metrics.CALLBACK_LATENCY}
 
 
 @app.middleware("http")
@@ -117,7 +116,7 @@ def _observed(request, get_response):
     try:
         response = get_response(request)
     finally:
-        telemetry.end(scope, latency_metric=LATENCY_METRICS.get((request.method, request.path)))
+        telemetry.end(scope)
     response.headers[correlation.HEADER] = scope.correlation_id
     return response
 

@@ -13,7 +13,6 @@ The catalogue (docs/operations.md "Metrics, alarms and the dashboard" says what 
 name                 unit          dimension    one per
 ===================  ============  ===========  ==========================================
 Callbacks            Count         disposition  callback recorded
-CallbackLatency      Milliseconds  -            callback request (answered or refused)
 TokensIssued         Count         -            token issued
 Errors               Count         errorCode    refused or failed request, on any route
 Sends                Count         outcome      send that reached the call to Zeyi
@@ -22,6 +21,10 @@ ZeyiLatency          Milliseconds  operation    call to Zeyi (send, cancel), ret
 StuckApprovals       Count         status       scheduled search (zero included)
 ColdStart            Count         function     first invocation of a container
 ===================  ============  ===========  ==========================================
+
+The callback's latency is API Gateway's own ``Latency`` metric for that one method (detailed
+metrics on it, infra/resources.yaml): the time Zeyi waits, cold starts included, measured outside
+the function and so at no cost on the callback's path, which writes one line: ``Callbacks``.
 """
 from __future__ import annotations
 
@@ -38,7 +41,6 @@ COUNT = MetricUnit.Count
 MILLISECONDS = MetricUnit.Milliseconds
 
 CALLBACKS = "Callbacks"
-CALLBACK_LATENCY = "CallbackLatency"
 TOKENS_ISSUED = "TokensIssued"
 ERRORS = "Errors"
 SENDS = "Sends"

@@ -10,7 +10,6 @@ The scope lives in a context variable: each thread of the local sandbox's server
 """
 from __future__ import annotations
 
-import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -37,11 +36,7 @@ UPSTREAM_OUTCOME_UNKNOWN = "UPSTREAM_OUTCOME_UNKNOWN"
 class Scope:
     function: str
     correlation_id: str
-    started: float = field(default_factory=time.perf_counter)
     metrics: list[metrics.Metric] = field(default_factory=list)
-
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
 
 
 _scope: ContextVar[Scope | None] = ContextVar("telemetry_scope", default=None)
@@ -74,11 +69,8 @@ def begin(function: str, *, lambda_request_id: str | None = None,
     return scope
 
 
-def end(scope: Scope, *, latency_metric: str | None = None) -> None:
-    """Close the scope: write its metrics (with ``latency_metric``, the invocation's duration)."""
-    if latency_metric is not None:
-        scope.metrics.append(metrics.Metric(latency_metric, metrics.MILLISECONDS,
-                                            round(scope.elapsed_ms(), 3)))
+def end(scope: Scope) -> None:
+    """Close the scope: write its metrics."""
     _scope.set(None)
     try:
         metrics.emit(scope.metrics)

@@ -127,11 +127,14 @@ def test_the_api_logs_each_request_as_json_is_traced_and_throttled(template, sta
     assert fields["requestId"] == "$context.requestId"
     assert {"status", "resourcePath", "httpMethod", "ip", "responseLatency",
             "integrationLatency", "xrayTraceId"} <= fields.keys()
-    (setting,) = api["MethodSettings"]
-    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
-    rate = find_in_map(cfn, setting["ThrottlingRateLimit"], stage)
-    burst = find_in_map(cfn, setting["ThrottlingBurstLimit"], stage)
+    stage_wide, *methods = api["MethodSettings"]
+    assert (stage_wide["ResourcePath"], stage_wide["HttpMethod"]) == ("/*", "*")
+    rate = find_in_map(cfn, stage_wide["ThrottlingRateLimit"], stage)
+    burst = find_in_map(cfn, stage_wide["ThrottlingBurstLimit"], stage)
     assert 0 < rate <= burst
+    for method in methods:  # a method's own settings would drop the stage's throttling
+        assert (method["ThrottlingRateLimit"], method["ThrottlingBurstLimit"]) == (
+            stage_wide["ThrottlingRateLimit"], stage_wide["ThrottlingBurstLimit"])
     destination = api["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"]
     assert cfn["Resources"][destination[0]]["Type"] == "AWS::Logs::LogGroup"
 
@@ -201,7 +204,16 @@ def test_the_alarms_the_issue_names_watch_what_they_say(template, stage):
     assert found["stuck-approvals"]["Threshold"] == 0
     assert found["stuck-approvals"]["ComparisonOperator"] == "GreaterThanThreshold"
     latency = found["callback-p99-latency"]
-    assert (latency["MetricName"], latency["ExtendedStatistic"]) == ("CallbackLatency", "p99")
+    assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == (
+        "AWS/ApiGateway", "Latency", "p99")
+    watched = {d["Name"]: sub(d["Value"], stage) for d in latency["Dimensions"]}
+    assert (watched["Resource"], watched["Method"]) == ("/dingtalkAudit/callback", "POST")
+    # API Gateway publishes that method's metrics only because its settings ask for them.
+    (api_settings,) = [r["Properties"] for r in template(stage)["Resources"].values()
+                       if r["Type"] == "AWS::Serverless::Api"]
+    (callback,) = [s for s in api_settings["MethodSettings"] if s.get("MetricsEnabled")]
+    assert (callback["ResourcePath"], callback["HttpMethod"]) == (
+        "/~1dingtalkAudit~1callback", "POST")
     five = found["api-5xx-rate"]
     assert five["MetricName"] == "5XXError" and five["Statistic"] == "Average"
     dimensions = {d["Name"]: d["Value"] for d in five["Dimensions"]}
