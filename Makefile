@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint demo package mutation clean
+.PHONY: run test lint demo package mutation bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ package: $(STAMP)
 # MODULES=... narrows it to some modules; JOBS sets the parallel runs (2 by default).
 mutation: $(STAMP)
 	$(PY) -m tools.mutation --jobs $(if $(JOBS),$(JOBS),2) $(MODULES)
+
+# The callback's cost next to a minimal correct handler, warm and cold, and the AWS calls of each
+# operation, against a zero-latency local stand-in (bench/); not part of `make test`. Exits 1
+# over budget. ROUNDS=, WARM_CALLS=, COLD_RUNS= change the sample sizes.
+bench: $(STAMP)
+	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(WARM_CALLS),--warm-calls $(WARM_CALLS)) $(if $(COLD_RUNS),--cold-runs $(COLD_RUNS))
 
 # Everything make creates: the venv, tool caches, the sandbox's logs, packages and test artifacts.
 clean:

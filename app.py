@@ -8,9 +8,22 @@ the stage's EventBridge bus.
 """
 from __future__ import annotations
 
-from chalice import Chalice, IAMAuthorizer, Response
+import time
 
-from chalicelib import aws, envelope, events, inbound, json_body
+from chalice import Chalice, IAMAuthorizer, Rate, Response
+
+from chalicelib import (
+    aws,
+    correlation,
+    envelope,
+    events,
+    inbound,
+    json_body,
+    metrics,
+    states,
+    telemetry,
+    tracing,
+)
 from chalicelib.approval_store import DynamoDBApprovalStore
 from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import (
@@ -54,13 +67,13 @@ _zeyi: dict[tuple, object] = {}
 def _secrets_cache() -> SecretsCache:
     global _secrets
     if _secrets is None:
-        _secrets = SecretsCache(lambda: aws.client("secretsmanager"))
+        _secrets = SecretsCache(lambda: tracing.instrument(aws.client("secretsmanager")))
     return _secrets
 
 
 def _store(settings: Settings) -> DynamoDBApprovalStore:
-    return DynamoDBApprovalStore(aws.client("dynamodb"), settings.approvals_table,
-                                 settings.nonces_table)
+    return DynamoDBApprovalStore(tracing.instrument(aws.client("dynamodb")),
+                                 settings.approvals_table, settings.nonces_table)
 
 
 def _inbound_credentials(settings: Settings):
@@ -90,6 +103,45 @@ def _zeyi_client(settings: Settings):
     return _zeyi[key]
 
 
+# -- observability: correlation ids, log keys, metrics, traces -----------------------------------
+# Every invocation is one telemetry scope (chalicelib.telemetry): the HTTP middleware below is
+# registered first, so it wraps every route and every answer Chalice makes itself.
+
+API_HANDLER = "api_handler"
+
+
+@app.middleware("http")
+def _observed(request, get_response):
+    scope = telemetry.begin(
+        API_HANDLER, lambda_request_id=getattr(request.lambda_context, "aws_request_id", None),
+        api_request_id=(request.context or {}).get("requestId"),
+        correlation_given=request.headers.get(correlation.HEADER))
+    try:
+        response = get_response(request)
+    finally:
+        telemetry.end(scope)
+    response.headers[correlation.HEADER] = scope.correlation_id
+    return response
+
+
+def _invoked(function: str, event, context, action) -> dict:
+    """A Lambda function's answer: ``action`` on the payload (its ``correlationId`` taken out),
+    in the envelope, with the correlation id in ``result``."""
+    payload, given = correlation.split_payload(event)
+    scope = telemetry.begin(function, lambda_request_id=getattr(context, "aws_request_id", None),
+                            correlation_given=given)
+    try:
+        answer = _envelope_of(lambda: action(payload))[1]
+    finally:
+        telemetry.end(scope)
+    return correlation.into_answer(answer, scope.correlation_id)
+
+
+def _correlation_id() -> str | None:
+    scope = telemetry.current()
+    return scope.correlation_id if scope else None
+
+
 # -- mapping results and errors to the envelope --------------------------------------------------
 
 def http_status(error: GatewayError, *, zeyi_route: bool) -> int:
@@ -101,17 +153,18 @@ def http_status(error: GatewayError, *, zeyi_route: bool) -> int:
 
 
 def _envelope_of(action, *, zeyi_route: bool = False) -> tuple[int, dict]:
-    logger.clear_state()  # keys appended while handling the previous request
     try:
         return 200, action()
     except GatewayError as exc:
         log = logger.error if exc.status >= 500 else logger.warning
         log("request refused", extra={"errorCode": exc.error_code, "reason": exc.message})
+        telemetry.error(exc)
         return http_status(exc, zeyi_route=zeyi_route), envelope.failure(
             exc.error_code, exc.message, business=exc.business, result=exc.result)
     except Exception:
         # The traceback goes to the log only; the caller learns nothing about the internals.
         logger.exception("unexpected error")
+        telemetry.error(None)
         return 500, envelope.failure("INTERNAL_ERROR", "internal error; it has been logged")
 
 
@@ -145,6 +198,7 @@ def _only_envelopes(event, get_response):
     else:
         error = GatewayError("internal error; it has been logged")
     allow = {k: v for k, v in response.headers.items() if k.lower() == "allow"}
+    telemetry.error(error)
     return Response(body=envelope.to_json(envelope.failure(error.error_code, error.message)),
                     status_code=http_status(error, zeyi_route=zeyi_route),
                     headers={**JSON_HEADERS, **allow})
@@ -176,6 +230,7 @@ def access_token():
         result = inbound.issue_access_token(
             request, credentials=_inbound_credentials(settings),
             token_keys=_token_keys(settings), store=_store(settings), settings=settings)
+        telemetry.count(metrics.TOKENS_ISSUED)
         return envelope.ok(result)
     return _respond(action, zeyi_route=True,
                     headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
@@ -190,6 +245,7 @@ def approval_callback():
         outcome = inbound.handle_callback(
             request, credentials=_inbound_credentials(settings), token_keys=token_keys,
             store=_store(settings), settings=settings)
+        telemetry.count(metrics.CALLBACKS, ("disposition", outcome.disposition))
         return envelope.ok({"status": outcome.status, "disposition": outcome.disposition})
     return _respond(action, zeyi_route=True)
 
@@ -207,16 +263,20 @@ def _send(payload):
     from chalicelib import outbound
 
     settings = load_settings()
-    return outbound.send_approval(payload, store=_store(settings), zeyi=_zeyi_client(settings),
-                                  lease_seconds=settings.submit_lease_seconds)
+    with telemetry.zeyi_outcome(metrics.SENDS, accepted=states.PENDING):
+        return outbound.send_approval(
+            payload, store=_store(settings), zeyi=_zeyi_client(settings),
+            lease_seconds=settings.submit_lease_seconds, correlation_id=_correlation_id())
 
 
 def _cancel(payload):
     from chalicelib import outbound
 
     settings = load_settings()
-    return outbound.cancel_approval(payload, store=_store(settings), zeyi=_zeyi_client(settings),
-                                    lease_seconds=settings.cancel_lease_seconds)
+    with telemetry.zeyi_outcome(metrics.CANCELS, accepted=states.CANCELLING):
+        return outbound.cancel_approval(
+            payload, store=_store(settings), zeyi=_zeyi_client(settings),
+            lease_seconds=settings.cancel_lease_seconds, correlation_id=_correlation_id())
 
 
 def _get(code):
@@ -256,21 +316,39 @@ def internal_get_only(code):
 
 @app.lambda_function(name="send_approval")
 def send_function(event, context):
-    return _envelope_of(lambda: _send(event))[1]
+    return _invoked("send_approval", event, context, _send)
 
 
 @app.lambda_function(name="cancel_approval")
 def cancel_function(event, context):
-    return _envelope_of(lambda: _cancel(event))[1]
+    return _invoked("cancel_approval", event, context, _cancel)
 
 
 @app.lambda_function(name="get_approval")
 def get_function(event, context):
-    def action():
-        if not isinstance(event, dict) or not isinstance(event.get("code"), str):
+    def action(payload):
+        if not isinstance(payload, dict) or not isinstance(payload.get("code"), str):
             raise ValidationError("event must be {\"code\": \"...\"}")
-        return _get(event["code"])
-    return _envelope_of(action)[1]
+        return _get(payload["code"])
+    return _invoked("get_approval", event, context, action)
+
+
+# -- stuck approvals: a search every 5 minutes ----------------------------------------------------
+
+@app.schedule(Rate(5, unit=Rate.MINUTES), name="find_stuck_approvals")
+def find_stuck_approvals(event):
+    from chalicelib import stuck_approvals
+
+    scope = telemetry.begin("find_stuck_approvals",
+                            lambda_request_id=getattr(event.context, "aws_request_id", None))
+    try:
+        settings = load_settings()
+        stuck_approvals.run(_store(settings), settings=settings, now_ms=int(time.time() * 1000))
+    except Exception:
+        logger.exception("stuck approvals could not be searched")
+        raise  # a failed search is a Lambda error: its alarm tells
+    finally:
+        telemetry.end(scope)
 
 
 # -- approval events: the approvals table's stream → EventBridge (chalicelib.events) -------------
@@ -279,7 +357,14 @@ def get_function(event, context):
                         starting_position=events.STREAM_STARTING_POSITION,
                         name=events.FUNCTION_NAME)
 def publish_approval_events(event):
-    logger.clear_state()
-    outcome = events.handle_batch(event.to_dict()["Records"], client=aws.client("events"),
-                                  bus_name=load_settings().event_bus_name)
-    return outcome.response
+    scope = telemetry.begin(events.FUNCTION_NAME,
+                            lambda_request_id=getattr(event.context, "aws_request_id", None))
+    try:
+        outcome = events.handle_batch(
+            event.to_dict()["Records"], client=tracing.instrument(aws.client("events")),
+            bus_name=load_settings().event_bus_name)
+        telemetry.count(metrics.EVENTS_PUBLISHED, value=outcome.published)
+        telemetry.count(metrics.EVENTS_FAILED, value=len(outcome.failed))
+        return outcome.response
+    finally:
+        telemetry.end(scope)

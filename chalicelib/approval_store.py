@@ -61,6 +61,12 @@ HISTORY_ATTEMPTS = 20
 HISTORY_CALLBACKS = 50
 CHANGED_BY_SEND, CHANGED_BY_ANSWER, CHANGED_BY_CANCEL, CHANGED_BY_CALLBACK, CHANGED_BY_OPERATOR = (
     "send", "answer", "cancel", "callback", "operator")
+# The correlation id (chalicelib.correlation) of the request that sent or cancelled the code's
+# current attempt: on the attempt item, in its ``cancel``, and on the HEAD, written by the claim,
+# the send's answer and the accepted cancel. Callbacks and operators leave the HEAD's as it is,
+# so what they decide carries the id of the request that started it; a callback that makes
+# another attempt current removes it (that attempt's own id is on its item).
+CORRELATION_ID = "correlationId"
 
 
 @dataclass(frozen=True)
@@ -451,6 +457,8 @@ class DynamoDBApprovalStore:
         settled = {attempt_id, current, ruling.displaced[1] if ruling.displaced else None}
         in_doubt = tuple(attempt for attempt in in_doubt if attempt not in settled)
         removes = (["leaseExpiresAt"] if "status" in sets else []) + new_attempt_removes
+        if current != head["attemptId"]:
+            removes.append(CORRELATION_ID)
         if in_doubt != before:
             if in_doubt:
                 sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
@@ -536,8 +544,10 @@ class DynamoDBApprovalStore:
                           ConsistentRead=True).get("Item")
         return _plain(item) if item else None
 
-    def claim(self, code: str, request: dict, lease_seconds: int) -> str:
-        """Make a new SUBMITTING attempt the code's current one and return its id.
+    def claim(self, code: str, request: dict, lease_seconds: int, *,
+              correlation_id: str | None = None) -> str:
+        """Make a new SUBMITTING attempt the code's current one and return its id;
+        ``correlation_id`` (the sending request's) goes on the attempt and the HEAD.
 
         Raises ApprovalActiveError when the code has an active approval (a leased one only
         while its lease runs).
@@ -550,7 +560,7 @@ class DynamoDBApprovalStore:
             attempt_id = new_attempt_id(now)
             try:
                 self._transact(self._claim_items(code, head, request, attempt_id,
-                                                 lease_seconds, now))
+                                                 lease_seconds, now, correlation_id))
                 return attempt_id
             except _Cancelled:
                 # Someone changed the code since we read it, or this was botocore's retry of
@@ -563,12 +573,18 @@ class DynamoDBApprovalStore:
         raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
 
     def _claim_items(self, code: str, head: dict | None, request: dict, attempt_id: str,
-                     lease_seconds: int, now: int) -> list[dict]:
+                     lease_seconds: int, now: int,
+                     correlation_id: str | None = None) -> list[dict]:
         sets = {"status": _s(states.SUBMITTING), "attemptId": _s(attempt_id),
                 "leaseExpiresAt": _n(now + lease_seconds * 1000), "updatedAt": _n(now),
                 "changedBy": _s(CHANGED_BY_SEND)}
         removes = ["businessId", "lastCallback"]
         _set_audit_type(sets, removes, request.get("auditType"))
+        attempt = {}
+        if correlation_id is not None:
+            sets[CORRELATION_ID] = attempt[CORRELATION_ID] = _s(correlation_id)
+        else:
+            removes.append(CORRELATION_ID)  # the previous attempt's is not this one's
         if head is not None:
             in_doubt = states.in_doubt_after_superseding(head["status"], head.get("businessId"),
                                                   tuple(head.get("inDoubt", ())),
@@ -584,7 +600,7 @@ class DynamoDBApprovalStore:
                 "Item": {**self._key(code, ATTEMPT_PREFIX + attempt_id),
                          "attemptId": _s(attempt_id), "origin": _s("send"),
                          "status": _s(states.SUBMITTING), "request": _to_dynamo(request),
-                         "createdAt": _n(now), "updatedAt": _n(now)},
+                         "createdAt": _n(now), "updatedAt": _n(now), **attempt},
                 "ConditionExpression": "attribute_not_exists(sk)",
             }},
         ]
@@ -592,14 +608,15 @@ class DynamoDBApprovalStore:
             items.extend(self._superseded(code, head, attempt_id, now))
         return items
 
-    def settle_send(self, code: str, attempt_id: str, status: str, outcome: dict) -> bool:
+    def settle_send(self, code: str, attempt_id: str, status: str, outcome: dict, *,
+                    correlation_id: str | None = None) -> bool:
         """Record Zeyi's answer to a send: PENDING (accepted) or FAILED (rejected, or never
         reached). Returns False when the attempt was no longer the code's SUBMITTING one (a
         callback settled it first, or a newer send superseded it); its own item keeps the
         answer either way."""
         event = states.ACCEPTED if status == states.PENDING else states.REJECTED
         return self._move_attempt(code, attempt_id, event, {"outcome": _to_dynamo(outcome)},
-                                  changed_by=CHANGED_BY_ANSWER)
+                                  changed_by=CHANGED_BY_ANSWER, correlation_id=correlation_id)
 
     def note_outcome(self, code: str, attempt_id: str, outcome: dict) -> None:
         """Keep on the attempt what happened to a send whose outcome is unknown; the code's
@@ -608,18 +625,23 @@ class DynamoDBApprovalStore:
             code, attempt_id, {"outcome": _to_dynamo(outcome)}, self._now_ms())["Update"])
 
     def mark_cancelling(self, code: str, attempt_id: str, cancel_request: dict,
-                        lease_seconds: int) -> bool:
+                        lease_seconds: int, *, correlation_id: str | None = None) -> bool:
         """PENDING → CANCELLING once Zeyi accepted a cancel, under a lease: if the terminate
         never comes, the code is free again once it runs out. Returns False when a callback
-        had already moved the approval on."""
+        had already moved the approval on. ``correlation_id`` (the cancelling request's) goes
+        on the HEAD and into the attempt's ``cancel``."""
         now = self._now_ms()
+        cancel = {**cancel_request, "acceptedAt": now}
+        if correlation_id is not None:
+            cancel[CORRELATION_ID] = correlation_id
         return self._move_attempt(
-            code, attempt_id, states.CANCEL_ACCEPTED,
-            {"cancel": _to_dynamo({**cancel_request, "acceptedAt": now})},
-            changed_by=CHANGED_BY_CANCEL, lease_ms=lease_seconds * 1000)
+            code, attempt_id, states.CANCEL_ACCEPTED, {"cancel": _to_dynamo(cancel)},
+            changed_by=CHANGED_BY_CANCEL, lease_ms=lease_seconds * 1000,
+            correlation_id=correlation_id)
 
     def _move_attempt(self, code: str, attempt_id: str, event: str, attempt_sets: dict,
-                      *, changed_by: str, lease_ms: int | None = None) -> bool:
+                      *, changed_by: str, lease_ms: int | None = None,
+                      correlation_id: str | None = None) -> bool:
         """Apply ``event`` to the current attempt ``attempt_id`` (a blind write conditioned on
         the transition table) and keep ``attempt_sets`` on its item. Returns False when the
         attempt was not in a status ``event`` may leave; its item gets ``attempt_sets`` then."""
@@ -631,6 +653,8 @@ class DynamoDBApprovalStore:
             sets = {"status": _s(target), "updatedAt": _n(now), "changedBy": _s(changed_by)}
             if lease_ms is not None:
                 sets["leaseExpiresAt"] = _n(now + lease_ms)
+            if correlation_id is not None:
+                sets[CORRELATION_ID] = _s(correlation_id)
             try:
                 self._transact([
                     self._head_update(code, sets, ("leaseExpiresAt",), blind=condition,

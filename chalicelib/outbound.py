@@ -35,7 +35,8 @@ _NOT_CANCELLABLE_REASONS = {
 }
 
 
-def send_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
+def send_approval(payload: object, *, store, zeyi, lease_seconds: int,
+                  correlation_id: str | None = None) -> dict:
     """Start an approval at Zeyi for an internal app; returns the envelope with
     ``{code, status, attemptId}`` when Zeyi accepted it (Zeyi's own answer is kept in the
     history).
@@ -45,11 +46,12 @@ def send_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
     UpstreamUnavailableError when it could not be reached (both recorded FAILED: the code may be
     sent again at once), UpstreamOutcomeUnknownError (or UpstreamSystemError, Zeyi's own fault)
     when the request may have created the approval (the attempt stays SUBMITTING until a
-    callback or the end of its lease).
+    callback or the end of its lease). ``correlation_id`` is kept on the attempt and the HEAD.
     """
     body = payloads.validate_send(payload)
     code = body["code"]
-    attempt_id = store.claim(code, body, lease_seconds)
+    logger.append_keys(code=code)
+    attempt_id = store.claim(code, body, lease_seconds, correlation_id=correlation_id)
     where = {"code": code, "attemptId": attempt_id}
     try:
         answer = zeyi.send(body)
@@ -65,15 +67,18 @@ def send_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
     except GatewayError as exc:
         # Refused by Zeyi, Zeyi unreachable, or no credential to sign with: in every case
         # nothing was accepted at Zeyi, so the code is free again at once.
-        status = _settle(store, code, attempt_id, states.FAILED, _outcome("rejected", exc))
+        status = _settle(store, code, attempt_id, states.FAILED, _outcome("rejected", exc),
+                         correlation_id)
         exc.result = {**where, "status": status}
         raise
-    status = _settle(store, code, attempt_id, states.PENDING, _outcome("accepted", answer))
+    status = _settle(store, code, attempt_id, states.PENDING, _outcome("accepted", answer),
+                     correlation_id)
     logger.info("approval sent", extra=where)
     return envelope.ok({**where, "status": status})
 
 
-def cancel_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict:
+def cancel_approval(payload: object, *, store, zeyi, lease_seconds: int,
+                    correlation_id: str | None = None) -> dict:
     """Ask Zeyi to cancel a PENDING approval; returns the envelope with
     ``{code, status, attemptId}`` when Zeyi accepted (status CANCELLING until the terminate
     callback, or until ``lease_seconds`` pass without one).
@@ -81,9 +86,11 @@ def cancel_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict
     Raises ValidationError, ApprovalNotFoundError for a code never seen,
     ApprovalNotCancellableError when the approval is not PENDING, and, with no state change,
     UpstreamRejectedError, UpstreamUnavailableError or UpstreamOutcomeUnknownError.
+    ``correlation_id`` is kept on the HEAD and in the attempt's ``cancel``.
     """
     body = payloads.validate_cancel(payload)
     code = body["code"]
+    logger.append_keys(code=code)
     head = store.get_head(code)
     if head is None:
         raise ApprovalNotFoundError(f"no approval was ever sent or called back for code {code}",
@@ -106,7 +113,8 @@ def cancel_approval(payload: object, *, store, zeyi, lease_seconds: int) -> dict
         raise
     cancel = {**body, "answer": _outcome("accepted", answer)}
     try:
-        if store.mark_cancelling(code, head["attemptId"], cancel, lease_seconds):
+        if store.mark_cancelling(code, head["attemptId"], cancel, lease_seconds,
+                                 correlation_id=correlation_id):
             status = states.CANCELLING
         else:
             logger.info("cancel accepted after a callback moved the approval on", extra=where)
@@ -124,7 +132,9 @@ def get_approval(code: str, *, store) -> dict:
 
     Raises ValidationError for a malformed code and ApprovalNotFoundError for a code never seen.
     """
-    return envelope.ok(store.history(payloads.validate_code(code)))
+    code = payloads.validate_code(code)
+    logger.append_keys(code=code)
+    return envelope.ok(store.history(code))
 
 
 def _outcome(kind: str, source) -> dict:
@@ -142,12 +152,13 @@ def _outcome(kind: str, source) -> dict:
     return outcome
 
 
-def _settle(store, code: str, attempt_id: str, status: str, outcome: dict) -> str:
+def _settle(store, code: str, attempt_id: str, status: str, outcome: dict,
+            correlation_id: str | None) -> str:
     """Record Zeyi's answer; returns the code's status afterwards (a callback may have moved
     it first)."""
     where = {"code": code, "attemptId": attempt_id, "status": status}
     try:
-        if store.settle_send(code, attempt_id, status, outcome):
+        if store.settle_send(code, attempt_id, status, outcome, correlation_id=correlation_id):
             return status
         logger.info("send answer kept on an attempt that had moved on", extra=where)
         head = store.get_head(code)

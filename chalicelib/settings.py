@@ -27,6 +27,7 @@ TIMESTAMP_SKEW_SECONDS = "TIMESTAMP_SKEW_SECONDS"
 SECRETS_CACHE_SECONDS = "SECRETS_CACHE_SECONDS"
 SUBMIT_LEASE_SECONDS = "SUBMIT_LEASE_SECONDS"
 CANCEL_LEASE_SECONDS = "CANCEL_LEASE_SECONDS"
+STUCK_PENDING_SECONDS = "STUCK_PENDING_SECONDS"
 ALLOWED_SOURCE_IPS = "ALLOWED_SOURCE_IPS"
 AWS_CONNECT_TIMEOUT_SECONDS = "AWS_CONNECT_TIMEOUT_SECONDS"
 AWS_READ_TIMEOUT_SECONDS = "AWS_READ_TIMEOUT_SECONDS"
@@ -64,6 +65,7 @@ class Settings:
     secrets_cache_seconds: int
     submit_lease_seconds: int
     cancel_lease_seconds: int
+    stuck_pending_seconds: int
     allowed_source_ips: tuple[str, ...]
     aws_connect_timeout_seconds: float
     aws_read_timeout_seconds: float
@@ -128,6 +130,8 @@ def load_settings() -> Settings:
         secrets_cache_seconds=_number(SECRETS_CACHE_SECONDS, 300, int),
         submit_lease_seconds=_number(SUBMIT_LEASE_SECONDS, 120, int),
         cancel_lease_seconds=_number(CANCEL_LEASE_SECONDS, 600, int),
+        # A PENDING approval older than this is reported stuck (chalicelib.stuck_approvals).
+        stuck_pending_seconds=_number(STUCK_PENDING_SECONDS, 7 * 24 * 3600, int),
         allowed_source_ips=ips,
         aws_connect_timeout_seconds=_number(AWS_CONNECT_TIMEOUT_SECONDS, 1.0),
         aws_read_timeout_seconds=_number(AWS_READ_TIMEOUT_SECONDS, 3.0),

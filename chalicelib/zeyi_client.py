@@ -26,6 +26,10 @@ Lambda container is frozen between invocations and keeps sockets that Zeyi's kee
 or the NAT gateway (350 s) has since closed; a request written onto such a socket fails in a way
 that cannot be told apart from a lost answer, and would leave the approval in doubt.
 
+Each call is timed (the ``ZeyiLatency`` metric, by operation), logged once with its outcome
+(the request's log keys, its correlation id among them, come with it) and traced as an X-Ray
+subsegment (chalicelib.tracing).
+
 ``requests`` is imported by the constructor, so only the routes that call Zeyi pay its import.
 """
 from __future__ import annotations
@@ -38,15 +42,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chalicelib import envelope, signing
+from chalicelib import envelope, metrics, signing, telemetry, tracing
 from chalicelib.credentials import Credential
 from chalicelib.errors import (
     ConfigError,
+    GatewayError,
     UpstreamOutcomeUnknownError,
     UpstreamRejectedError,
     UpstreamSystemError,
     UpstreamUnavailableError,
 )
+from chalicelib.logs import logger
 from chalicelib.payloads import to_wire
 
 SEND_PATH = "/tms-service-api/audit/send"
@@ -102,20 +108,48 @@ class ZeyiClient:
         ServiceUnavailableError when the outbound credential cannot be had, before anything is
         sent.
         """
-        return self._call(SEND_PATH, body)
+        return self._call("send", SEND_PATH, body)
 
     def cancel(self, body: dict) -> ZeyiAnswer:
         """POST a cancel body; returns Zeyi's answer when Zeyi accepted it. Raises as send."""
-        return self._call(CANCEL_PATH, body)
+        return self._call("cancel", CANCEL_PATH, body)
 
     # -- one call ---------------------------------------------------------------------------------
 
-    def _call(self, path: str, body: dict) -> ZeyiAnswer:
-        import requests
-
+    def _call(self, operation: str, path: str, body: dict) -> ZeyiAnswer:
         credential = self._credential()
         data = to_wire(body)
         url = self._base_url + path
+        started = self._monotonic()
+        said = {"outcome": "INTERNAL_ERROR"}
+        answer = None
+        scope = telemetry.current()
+        annotations = {"correlation_id": scope.correlation_id} if scope else None
+        with tracing.subsegment("Zeyi", namespace="remote", annotations=annotations) as trace:
+            trace["http"] = {"request": {"method": "POST", "url": url}}
+            try:
+                answer = self._call_within_deadline(url, credential, data)
+                said["outcome"] = "accepted"
+                return answer
+            except GatewayError as exc:
+                answer = getattr(exc, "answer", None)
+                said.update(outcome=telemetry.error_code_of(exc), errorCode=exc.error_code)
+                trace["error" if telemetry.zeyi_outcome_of(exc) == telemetry.FAILED
+                      else "fault"] = True
+                raise
+            finally:
+                elapsed_ms = (self._monotonic() - started) * 1000
+                if answer is not None:
+                    trace["http"]["response"] = {"status": answer.http_status}
+                    said["httpStatus"] = answer.http_status
+                telemetry.milliseconds(metrics.ZEYI_LATENCY, elapsed_ms, ("operation", operation))
+                logger.info(f"zeyi {operation} {said['outcome']}",
+                            extra={"operation": operation, "elapsedMs": round(elapsed_ms), **said})
+
+    def _call_within_deadline(self, url: str, credential: Credential,
+                              data: bytes) -> ZeyiAnswer:
+        import requests
+
         self._drop_idle_connections()
         with _Deadline(self._deadline_seconds, self._monotonic) as deadline:
             try:

@@ -67,12 +67,18 @@ VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces"
                    "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
 LAYER_PREFIX = re.compile(r"^python/(lib/python[^/]+/site-packages/)?")
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+# What X-Ray's active tracing needs of every function's role (the Lambda service sends the
+# function's segment with it, chalicelib.tracing the subsegments). No resource-level restriction.
+XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # Chalice's policy files are static JSON, the same file for every region and partition: the
 # account is pinned with this condition (IAM fills in the role's own account), the partition and
 # region stay '*' (docs/operations.md, "Least privilege and where Chalice limits it").
 ACCOUNT_PIN = {"StringEqualsIfExists": {"aws:ResourceAccount": "${aws:PrincipalAccount}"}}
 ZEYI_CLIENT = ("chalicelib.zeyi_client", "ZeyiClient.__init__")
 OPERATOR_ONLY_MODULES = {"chalicelib.tables"}
+STATEFUL_TYPES = {"AWS::DynamoDB::Table", "AWS::SecretsManager::Secret",
+                  "AWS::SecretsManager::ResourcePolicy", "AWS::Logs::LogGroup",
+                  "AWS::Events::EventBus", "AWS::Events::Archive", "AWS::SQS::Queue"}
 
 
 # --- what each function's code can call: its static call graph -----------------------------------
@@ -351,6 +357,9 @@ def _recorded(model, params) -> set[tuple[str, str]]:
         return found
     if operation in {"BatchGetItem", "BatchWriteItem"}:
         return {(f"{prefix}:{operation}", _setting_of(table)) for table in params["RequestItems"]}
+    if params.get("IndexName"):  # a Query of an index is authorised on the index's ARN
+        return {(f"{prefix}:{operation}",
+                 f"{_setting_of(params['TableName'])}/index/{params['IndexName']}")}
     return {(f"{prefix}:{operation}", _setting_of(params["TableName"]))}
 
 
@@ -462,6 +471,25 @@ def stream_read_and_dead_letters(stage_name: str) -> dict[str, set[str]]:
         "sqs:SendMessage": {f"arn:*:sqs:*:*:{bus}-dlq"}}
 
 
+def exercise_find_stuck_approvals(gateway, zeyi, record):
+    """The scheduled search, with one approval of each searched status stuck for an hour."""
+    import time
+
+    from chalicelib.approval_store import DynamoDBApprovalStore
+
+    store = DynamoDBApprovalStore(aws.client("dynamodb"), os.environ[settings.APPROVALS_TABLE],
+                                  os.environ[settings.NONCES_TABLE],
+                                  clock=lambda: time.time() - 8 * 24 * 3600)
+    store.claim("POL-STUCK-S", {"code": "POL-STUCK-S"}, 120)
+    attempt = store.claim("POL-STUCK-P", {"code": "POL-STUCK-P"}, 120)
+    store.settle_send("POL-STUCK-P", attempt, "PENDING", {"kind": "accepted"})
+    event = gateway.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    with record():
+        gateway.lambda_.invoke("find_stuck_approvals", event)
+    assert len(store.open_approvals("SUBMITTING")) == 1
+
+
 @dataclass(frozen=True)
 class Entry:
     """How to drive a function's paths, and what the Lambda service does with the function's
@@ -481,6 +509,7 @@ FUNCTIONS: dict[str, Entry] = {
     "get_approval": Entry(exercise_get_approval),
     "publish_approval_events": Entry(exercise_publish_approval_events,
                                      service_actions=stream_read_and_dead_letters),
+    "find_stuck_approvals": Entry(exercise_find_stuck_approvals),
 }
 
 
@@ -509,7 +538,10 @@ def stage_env(name: str) -> dict[str, str]:
 
 
 def resource_arn(stage_name: str, setting: str) -> str:
+    setting, _, index = setting.partition("/index/")
     value = stage_env(stage_name)[setting]
+    if index:
+        return f"arn:*:dynamodb:*:*:table/{value}/index/{index}"
     if setting in (settings.APPROVALS_TABLE, settings.NONCES_TABLE):
         return f"arn:*:dynamodb:*:*:table/{value}"
     if setting == settings.EVENT_BUS_NAME:
@@ -620,8 +652,10 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
         assert len(prefixes) == 1, f"{name}: one service per statement, got {prefixes}"
         prefix = prefixes.pop()
         if resources == {"*"}:
-            assert prefix == "ec2", f"{name}: Resource * is only for the VPC ENI actions"
-            assert actions <= VPC_ENI_ACTIONS, f"{name}: {actions - VPC_ENI_ACTIONS}"
+            assert prefix in {"ec2", "xray"}, (
+                f"{name}: Resource * is only for the VPC ENI and X-Ray actions")
+            assert actions <= VPC_ENI_ACTIONS | XRAY_ACTIONS, (
+                f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS}")
             continue
         for resource in resources:
             assert resource.startswith(f"arn:*:{prefix}:*:*:"), (
@@ -637,6 +671,9 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
                 f"{name}: unexpected service {prefix}")
     granted = allowed(policy)
     assert granted.keys() >= LOG_ACTIONS, f"{name}: the function could not write its logs"
+    traced = stage_of(stage_name).function_setting(function, "xray")
+    assert (granted.keys() & XRAY_ACTIONS) == (XRAY_ACTIONS if traced else set()), (
+        f"{name}: X-Ray is {'on' if traced else 'off'} for {function}")
     eni = granted.keys() & VPC_ENI_ACTIONS
     if kept_out_of_vpc(stage_name, function):
         assert not eni, f"{name}: {function} runs outside the VPC and needs no ENI actions"
@@ -696,6 +733,10 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         read = float(env[settings.ZEYI_READ_TIMEOUT_SECONDS])
         assert connect + read + 5 <= properties["Timeout"] < 29, name
         assert properties["Environment"]["Variables"] == env
+        assert properties["Tracing"] == "Active", f"{name}: X-Ray is not active"
+        reserved = stage_of(stage).function_setting(chalice_names[name], "reserved_concurrency")
+        assert isinstance(reserved, int) and reserved >= 1, f"{name}: no reserved concurrency"
+        assert properties["ReservedConcurrentExecutions"] == reserved, name
         role = template["Resources"][properties["Role"]["Fn::GetAtt"][0]]
         documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
         own = load_policy(policy_file(stage, chalice_names[name]))
@@ -760,8 +801,10 @@ def test_resources_template_names_match_the_stage_config(stage):
                if r.get("Type") == "AWS::SecretsManager::Secret"}
     assert secrets == {env[settings.OUTBOUND_SECRET_ID], env[settings.INBOUND_SECRET_ID],
                        env[settings.TOKEN_SECRET_ID]}
+    # What holds data is kept when the stack goes (resources merged into chalice's own, with no
+    # Type here, and alarms, topics and dashboards are not data).
     for resource in resources.values():
-        if "Type" in resource:  # the others are merged into chalice's own resources
+        if resource.get("Type") in STATEFUL_TYPES:
             assert resource.get("DeletionPolicy") == "Retain"
 
 
@@ -796,7 +839,8 @@ def test_resources_template_denies_deleting_every_secret():
     from ops.bootstrap import DENY_DELETION
 
     resources = load_cfn(ROOT / "infra" / "resources.yaml")["Resources"]
-    secrets = {name for name, r in resources.items() if r.get("Type") == "AWS::SecretsManager::Secret"}
+    secrets = {name for name, r in resources.items()
+               if r.get("Type") == "AWS::SecretsManager::Secret"}
     protected = {r["Properties"]["SecretId"]["Fn::Ref"] for r in resources.values()
                  if r.get("Type") == "AWS::SecretsManager::ResourcePolicy"
                  and DENY_DELETION in r["Properties"]["ResourcePolicy"]["Statement"]}

@@ -55,13 +55,15 @@ def test_show_renders_status_attempts_and_callbacks_as_tables(approval, capsys, 
 
     attempts = out.split("attempts (2, newest first; * current)\n")[1].split("\n\n")[0]
     header, *rows = attempts.splitlines()
+    # Each send's correlation id (the Lambda invocations made them) is a column of its own.
     assert header.split() == ["ATTEMPT", "ID", "STATUS", "ORIGIN", "CREATED", "AT", "UPDATED",
-                              "AT", "SUPERSEDED", "BY", "BUSINESS", "ID"]
+                              "AT", "SUPERSEDED", "BY", "BUSINESS", "ID", "CORRELATION", "ID"]
     table_rows = [row for row in rows if not row.startswith("      ")]
     current, first = history["attempts"]
     assert table_rows[0].split()[:3] == [current["attemptId"] + "*", "AGREED", "send"]
     assert table_rows[1].split()[:3] == [first["attemptId"], "FAILED", "send"]
-    assert table_rows[1].split()[-2] == current["attemptId"]  # superseded by the resend
+    assert table_rows[1].split()[-3] == current["attemptId"]  # superseded by the resend
+    assert table_rows[1].split()[-1] == first["correlationId"]
     assert re.search(rf"{ISO_MS}\s+{ISO_MS}", table_rows[0])
     # The request and Zeyi's answer are nested: one detail line each, under their attempt.
     details = [row.strip() for row in rows if row.startswith("      ")]

@@ -49,6 +49,7 @@ def stage_config(tmp_path: Path, stage: str = "dev", **changes) -> Path:
 
 
 def run_ops(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()  # what ran before (the gateway's metric lines) is not the command's
     status = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
