@@ -343,7 +343,9 @@ def find_stuck_approvals(event):
                             lambda_request_id=getattr(event.context, "aws_request_id", None))
     try:
         settings = load_settings()
-        stuck_approvals.run(_store(settings), settings=settings, now_ms=int(time.time() * 1000))
+        stuck_approvals.run_and_announce(
+            _store(settings), settings=settings, now_ms=int(time.time() * 1000),
+            events_client=lambda: tracing.instrument(aws.client("events")))
     except Exception:
         logger.exception("stuck approvals could not be searched")
         raise  # a failed search is a Lambda error: its alarm tells

@@ -50,6 +50,11 @@ DETAIL_TYPES = {
     states.FAILED: "Approval Failed",
 }
 CALLBACK_RECORDED = "Approval Callback Recorded"
+# An operator's notice, not a change of the approval: its own source, so that the rules of
+# internal apps (source jinrun.approval-gateway) never see it, and its own schema
+# (docs/events/approval-stuck.schema.json). No ``sequence``: that counts changes only.
+OPERATIONS_SOURCE = "jinrun.approval-gateway.operations"
+STUCK = "Approval Stuck"
 HEAD = "HEAD"
 CHANGED_BY_CALLBACK = "callback"
 CHANGED_BY_OPERATOR = "operator"
@@ -95,10 +100,11 @@ class ApprovalEvent:
     detail_type: str
     detail: dict
     time: datetime
+    source: str = SOURCE
 
     def entry(self, bus_name: str) -> dict:
         """The PutEvents entry."""
-        return {"EventBusName": bus_name, "Source": SOURCE, "DetailType": self.detail_type,
+        return {"EventBusName": bus_name, "Source": self.source, "DetailType": self.detail_type,
                 "Detail": json.dumps(self.detail, ensure_ascii=False, separators=(",", ":")),
                 "Time": self.time, "Resources": []}
 
@@ -235,6 +241,32 @@ def event_of(record: dict) -> ApprovalEvent | None:
                          detail=detail, time=datetime.fromtimestamp(updated_at / 1000, UTC))
 
 
+def stuck_event(approval, now_ms: int) -> ApprovalEvent:
+    """The notice of one approval the scheduled search found stuck (a
+    ``stuck_approvals.StuckApproval``). The search runs every 5 minutes and says so each time
+    the approval is still stuck, always with the same ``eventId`` for one stay in one status, so
+    a subscriber acts (pages, opens a ticket) once."""
+    event_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, json.dumps(
+        ["stuck", approval.code, approval.status, approval.attempt_id, approval.open_since_ms])))
+    lease = approval.lease_expires_at_ms
+    detail = {
+        "schemaVersion": SCHEMA_VERSION,
+        "eventId": event_id,
+        "code": approval.code,
+        "status": approval.status,
+        "attemptId": approval.attempt_id or None,
+        "openSince": iso_time(approval.open_since_ms),
+        "openForSeconds": max(0, (now_ms - approval.open_since_ms) // 1000),
+        "leaseExpiredAt": iso_time(lease) if lease is not None else None,
+        "reason": approval.reason,
+        "correlationId": approval.correlation_id,
+        "observedAt": iso_time(now_ms),
+    }
+    return ApprovalEvent(event_id=event_id, detail_type=STUCK, detail=detail,
+                         time=datetime.fromtimestamp(now_ms / 1000, UTC),
+                         source=OPERATIONS_SOURCE)
+
+
 # -- publishing ---------------------------------------------------------------------------------
 
 @dataclass
@@ -314,7 +346,7 @@ def publish(outgoing: list[tuple[str, ApprovalEvent]], *, client, bus_name: str,
     unpublished = sorted(too_large + pending, key=lambda item: int(item.sequence_number))
     for item in unpublished:
         logger.error("approval event not published", extra={
-            "code": item.event.detail["code"], "sequence": item.event.detail["sequence"],
+            "code": item.event.detail["code"], "sequence": item.event.detail.get("sequence"),
             "eventId": item.event.event_id, "detailType": item.event.detail_type,
             "streamSequenceNumber": item.sequence_number, "reason": item.reason})
     return [item.sequence_number for item in unpublished]

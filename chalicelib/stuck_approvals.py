@@ -12,8 +12,9 @@ Stuck means open for longer than anything but a lost message explains:
 Each status is one Query of the sparse open-approvals index (``store.open_approvals``, oldest
 first, bounded by the time the approval entered the status); a leased status is then checked
 against the HEAD's own ``leaseExpiresAt``, which the lease setting of its day fixed. For each
-stuck approval ``run`` writes one warning log line and calls each of its ``notify`` callables
-(the place for an event per stuck code); per status it counts the ``StuckApprovals`` metric,
+stuck approval ``run`` writes one warning log line and calls each of its ``notify`` callables;
+``run_and_announce`` (the scheduled function) also puts an "Approval Stuck" event per code on
+the stage's bus (chalicelib.events.stuck_event); per status it counts the ``StuckApprovals`` metric,
 zero included, so that the alarm sees the search ran. docs/operations.md says what an operator
 does with a stuck approval (`python -m ops approvals list` / `resolve`).
 """
@@ -100,4 +101,23 @@ def run(store, *, settings: Settings, now_ms: int,
     capped = sorted(status for status, count in counts.items() if count >= limit)
     logger.info("stuck approvals searched", extra={
         "stuck": counts, **({"atLeast": capped} if capped else {})})
+    return counts
+
+
+def run_and_announce(store, *, settings: Settings, now_ms: int, events_client) -> dict[str, int]:
+    """``run``, then one "Approval Stuck" event per stuck approval on the stage's bus
+    (``events_client``: a callable that gives the EventBridge client, called only when there is
+    something to announce). An event that cannot be published is logged and counted; the next
+    run announces the approval again, so it is not retried here."""
+    from chalicelib import events
+
+    found: list[StuckApproval] = []
+    counts = run(store, settings=settings, now_ms=now_ms, notify=[found.append])
+    if found:
+        outgoing = [(str(number), events.stuck_event(approval, now_ms))
+                    for number, approval in enumerate(found, 1)]
+        unpublished = events.publish(outgoing, client=events_client(),
+                                     bus_name=settings.event_bus_name)
+        telemetry.count(metrics.EVENTS_PUBLISHED, value=len(outgoing) - len(unpublished))
+        telemetry.count(metrics.EVENTS_FAILED, value=len(unpublished))
     return counts

@@ -15,21 +15,22 @@ from ops.events import lambda_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "docs" / "events" / "approval-event.schema.json"
+STUCK_SCHEMA_PATH = ROOT / "docs" / "events" / "approval-stuck.schema.json"
 
 
 @cache
-def validator():
+def validator(path: Path = SCHEMA_PATH):
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
-def assert_valid(envelope: dict) -> None:
+def assert_valid(envelope: dict, schema: Path = SCHEMA_PATH) -> None:
     """The event, as a target receives it, is what docs/events/ says it is."""
-    errors = sorted(validator().iter_errors(envelope), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator(schema).iter_errors(envelope), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
 
 
@@ -69,14 +70,15 @@ def stream_records(table: str, after: str | None = None) -> list[dict]:
 # -- the bus and an internal app's queue on it ----------------------------------------------------
 
 class Subscriber:
-    """An internal app: a queue that a rule on the bus feeds with every approval event."""
+    """An internal app: a queue that a rule on the bus feeds with every event of ``source``
+    (the approval events unless told otherwise)."""
 
-    def __init__(self, bus: str, name: str = "internal-app"):
+    def __init__(self, bus: str, name: str = "internal-app", source: str = SOURCE):
         bridge, sqs = aws.client("events"), aws.client("sqs")
         self.url = sqs.create_queue(QueueName=name)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
-        bridge.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps({"source": [SOURCE]}))
+        bridge.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps({"source": [source]}))
         bridge.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": name, "Arn": arn}])
         self.received: list[dict] = []
 

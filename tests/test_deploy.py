@@ -480,6 +480,9 @@ def exercise_find_stuck_approvals(gateway, zeyi, record):
     store = DynamoDBApprovalStore(aws.client("dynamodb"), os.environ[settings.APPROVALS_TABLE],
                                   os.environ[settings.NONCES_TABLE],
                                   clock=lambda: time.time() - 8 * 24 * 3600)
+    from tests.events_support import create_bus
+
+    create_bus(os.environ[settings.EVENT_BUS_NAME])  # each stuck approval is announced there
     store.claim("POL-STUCK-S", {"code": "POL-STUCK-S"}, 120)
     attempt = store.claim("POL-STUCK-P", {"code": "POL-STUCK-P"}, 120)
     store.settle_send("POL-STUCK-P", attempt, "PENDING", {"kind": "accepted"})

@@ -416,10 +416,15 @@ def test_a_record_without_a_sequence_number_fails_the_whole_batch(store):
 
 
 def test_the_lambda_function_answers_a_partial_batch_response(gateway, store, subscriber,
-                                                              faults):
+                                                              faults, capsys):
     records = _codes_sent(3, store)
     faults.add(mode="fail_entries", match='"code":"EV-P02"')
+    capsys.readouterr()
     answer = gateway.lambda_.invoke("publish_approval_events", {"Records": records}).payload
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+           if line.startswith('{"_aws"')]
+    assert {name: blob[name] for blob in emf for name in ("EventsPublished", "EventsFailed")
+            if name in blob} == {"EventsPublished": [2.0], "EventsFailed": [1.0]}
     failed = [r["dynamodb"]["SequenceNumber"] for r in records
               if r["dynamodb"]["Keys"] == {"code": {"S": "EV-P02"}, "sk": {"S": "HEAD"}}]
     assert answer == {"batchItemFailures": [{"itemIdentifier": failed[0]}]}

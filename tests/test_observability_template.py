@@ -26,7 +26,7 @@ from tests.test_deploy import (
 )
 
 ALARMS = {"api-5xx-rate", "auth-failures", "zeyi-upstream-failures", "stuck-approvals",
-          "callback-p99-latency"}
+          "callback-p99-latency", "events-dlq-depth", "events-iterator-age"}
 AUTH_FAILURES = {"SIGN_INVALID", "TOKEN_INVALID", "NONCE_REPLAYED"}
 
 
@@ -147,7 +147,10 @@ def test_every_function_has_an_errors_and_a_throttles_alarm(template, stage):
         watched = {(a["MetricName"], a["Namespace"]) for a in found.values()
                    if a.get("Dimensions") == [{"Name": "FunctionName",
                                                "Value": {"Fn::Ref": cfn_name}}]}
-        assert watched == {("Errors", "AWS/Lambda"), ("Throttles", "AWS/Lambda")}, cfn_name
+        # A stream's reader also has its delay behind the table watched.
+        stream = {("IteratorAge", "AWS/Lambda")} if cfn_name == "PublishApprovalEvents" else set()
+        assert watched == {("Errors", "AWS/Lambda"), ("Throttles", "AWS/Lambda")} | stream, (
+            cfn_name)
 
 
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
@@ -214,6 +217,12 @@ def test_the_alarms_the_issue_names_watch_what_they_say(template, stage):
     (callback,) = [s for s in api_settings["MethodSettings"] if s.get("MetricsEnabled")]
     assert (callback["ResourcePath"], callback["HttpMethod"]) == (
         "/~1dingtalkAudit~1callback", "POST")
+    dead_letters = found["events-dlq-depth"]
+    assert (dead_letters["Namespace"], dead_letters["MetricName"], dead_letters["Threshold"],
+            dead_letters["ComparisonOperator"]) == (
+        "AWS/SQS", "ApproximateNumberOfMessagesVisible", 0, "GreaterThanThreshold")
+    (queue,) = [d["Value"]["Fn::GetAtt"] for d in dead_letters["Dimensions"]]
+    assert queue == ["ApprovalEventsDeadLetterQueue", "QueueName"]
     five = found["api-5xx-rate"]
     assert five["MetricName"] == "5XXError" and five["Statistic"] == "Average"
     dimensions = {d["Name"]: d["Value"] for d in five["Dimensions"]}
@@ -236,7 +245,7 @@ def test_the_dashboard_is_json_and_shows_every_alarm(template, stage):
     assert shown == alarms(cfn).keys()
     titles = " ".join(w["properties"].get("title", "") for w in dashboard["widgets"])
     for flow in ("callbacks", "Sends", "Cancels", "Zeyi call latency", "Stuck approvals",
-                 "Cold starts", "API Gateway", "Lambda errors"):
+                 "Cold starts", "API Gateway", "Lambda errors", "Approval events"):
         assert flow in titles, flow
 
 
@@ -254,3 +263,22 @@ def test_reserved_concurrency_is_set_per_function_and_stage():
         # One search at a time: two would report every stuck code twice.
         assert functions["find_stuck_approvals"]["reserved_concurrency"] == 1
     assert CONFIG["xray"] is True
+
+
+@pytest.mark.parametrize("stage", DEPLOYED_STAGES)
+def test_api_gateways_own_answers_are_the_envelope_too(template, stage):
+    cfn = template(stage)
+    answers = {r["Properties"]["ResponseType"]: r["Properties"] for r in cfn["Resources"].values()
+               if r["Type"] == "AWS::ApiGateway::GatewayResponse"}
+    assert answers.keys() == {"DEFAULT_4XX", "DEFAULT_5XX"}
+    (api,) = [name for name, r in cfn["Resources"].items() if r["Type"] == "AWS::Serverless::Api"]
+    for kind, answer in answers.items():
+        assert answer["RestApiId"] == {"Fn::Ref": api}, kind
+        # What API Gateway fills in: $context.error.messageString is a quoted JSON string.
+        body = answer["ResponseTemplates"]["application/json"].replace(
+            "$context.error.responseType", "MISSING_AUTHENTICATION_TOKEN").replace(
+            "$context.error.messageString", json.dumps('Missing "Authentication" Token'))
+        assert json.loads(body) == {
+            "success": False, "businessException": False,
+            "errorCode": "MISSING_AUTHENTICATION_TOKEN",
+            "message": 'Missing "Authentication" Token', "result": None}, kind

@@ -185,6 +185,55 @@ def test_the_scheduled_function_runs_the_search(gateway, logs, capsys):
                                              "PENDING": 0.0}
 
 
+def test_each_stuck_approval_is_announced_to_operators_not_to_internal_apps(gateway, logs):
+    from chalicelib.events import OPERATIONS_SOURCE
+    from tests.conftest import EVENT_BUS_NAME
+    from tests.events_support import STUCK_SCHEMA_PATH, Subscriber, assert_valid, create_bus
+
+    create_bus(EVENT_BUS_NAME)
+    operators = Subscriber(EVENT_BUS_NAME, name="on-call", source=OPERATIONS_SOURCE)
+    internal_app = Subscriber(EVENT_BUS_NAME)
+    hour_ago = __import__("time").time() - 3600
+    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
+                                  clock=lambda: hour_ago)
+    store.claim("SCHED-2", {"code": "SCHED-2"}, 120, correlation_id="order-77")
+    event = gateway.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    gateway.lambda_.invoke("find_stuck_approvals", event)
+    gateway.lambda_.invoke("find_stuck_approvals", event)  # five minutes later: still stuck
+    first, again = operators.drain(settle_seconds=1)
+    for notice in (first, again):
+        assert_valid(notice, STUCK_SCHEMA_PATH)
+    detail = first["detail"]
+    assert (first["detail-type"], detail["code"], detail["status"]) == (
+        "Approval Stuck", "SCHED-2", "SUBMITTING")
+    assert detail["correlationId"] == "order-77" and 3590 <= detail["openForSeconds"] <= 3700
+    assert detail["leaseExpiredAt"] is not None and "lease" in detail["reason"]
+    assert again["detail"]["eventId"] == detail["eventId"]  # one stay, one id: acted on once
+    # The internal apps' rule (the approval events' source) sees the approval's own change only.
+    assert [e["detail-type"] for e in internal_app.drain(settle_seconds=0.5)] == []
+
+
+def test_a_notice_that_cannot_be_published_is_logged_and_the_search_still_counts(
+        gateway, logs, capsys):
+    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
+                                  clock=lambda: __import__("time").time() - 3600)
+    store.claim("SCHED-3", {"code": "SCHED-3"}, 120)
+    event = gateway.events.generate_cw_event(
+        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    capsys.readouterr()
+    gateway.lambda_.invoke("find_stuck_approvals", event)  # no bus: PutEvents fails
+    (line,) = [line for line in logs() if line["message"] == "approval event not published"]
+    assert line["code"] == "SCHED-3" and line["detailType"] == "Approval Stuck"
+    emf = [json.loads(out) for out in capsys.readouterr().out.splitlines()
+           if out.startswith('{"_aws"')]
+    counted = {name: blob[name] for blob in emf for name in ("EventsFailed", "EventsPublished")
+               if name in blob}
+    assert counted == {"EventsFailed": [1.0], "EventsPublished": [0.0]}
+    assert {blob["status"]: blob["StuckApprovals"] for blob in emf
+            if "StuckApprovals" in blob}["SUBMITTING"] == [1.0]
+
+
 def test_a_search_that_fails_is_a_lambda_error_and_is_logged(gateway, logs, monkeypatch):
     from chalicelib.errors import ServiceUnavailableError
 
