@@ -3,7 +3,9 @@ secrets per test, and builders for signed requests."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import threading
 import time
@@ -98,11 +100,12 @@ def empty_aws(moto_server, monkeypatch):
 class Clock:
     """The store's wall clock, moved forward by tests, so leases are tested without sleeping."""
 
-    def __init__(self):
+    def __init__(self, start: float | None = None):
+        self.start = start  # None: the real time
         self.skipped_seconds = 0.0
 
     def __call__(self) -> float:
-        return time.time() + self.skipped_seconds
+        return (time.time() if self.start is None else self.start) + self.skipped_seconds
 
 
 @pytest.fixture
@@ -202,3 +205,27 @@ def simulator(**config):
 def zeyi():
     with simulator() as sim:
         yield sim
+
+
+@pytest.fixture
+def logs():
+    """The gateway's log lines (JSON) written while the test runs."""
+    from chalicelib.logs import logger
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    std_logger = logging.getLogger(logger.name)
+    std_logger.addHandler(handler)
+    logger.clear_state()
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    std_logger.removeHandler(handler)
+
+
+@pytest.fixture
+def faults(aws_env):
+    """moto server's PutEvents faults (sandbox.aws_faults), none before or after the test."""
+    from tests.events_support import injected_faults
+
+    with injected_faults(aws_env.url) as injector:
+        yield injector

@@ -2,6 +2,7 @@
 the stage's bus with an internal app's queue on it, moto's PutEvents faults, and the schema."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from functools import cache
@@ -103,6 +104,17 @@ def create_bus(name: str) -> None:
 
 
 # -- moto's PutEvents faults (sandbox.aws_faults) -------------------------------------------------
+
+@contextlib.contextmanager
+def injected_faults(aws_url: str):
+    """A test's PutEvents faults on the moto server at ``aws_url``: none before, none after."""
+    injector = Faults(aws_url)
+    injector.clear()
+    try:
+        yield injector
+    finally:
+        injector.clear()
+
 
 class Faults:
     def __init__(self, aws_url: str):

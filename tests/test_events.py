@@ -10,11 +10,10 @@ import json
 import pytest
 
 from chalicelib import aws, events
-from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.approval_store import CallbackRecord
 from chalicelib.events import EventError, event_of, handle_batch
-from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, NONCES_TABLE
+from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, Clock
 from tests.events_support import (
-    Faults,
     Subscriber,
     as_delivered,
     assert_valid,
@@ -26,31 +25,9 @@ from tests.events_support import (
 LEASE = 120
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1_790_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(aws_env, clock):
-    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                 clock=clock)
-
-
-@pytest.fixture
-def faults(aws_env):
-    injector = Faults(aws_env.url)
-    injector.clear()
-    yield injector
-    injector.clear()
+    return Clock(start=1_790_000_000.0)  # a fixed moment: the events' times are checked
 
 
 @pytest.fixture
@@ -87,9 +64,9 @@ def summaries(found) -> list[tuple]:
 
 def test_send_accept_agree_is_three_events_each_telling_the_whole_change(store, clock):
     attempt = store.claim("EV-A", request("EV-A"), LEASE)
-    clock.now += 1
+    clock.skipped_seconds += 1
     store.settle_send("EV-A", attempt, "PENDING", {"kind": "accepted"})
-    clock.now += 60
+    clock.skipped_seconds += 60
     store.record_callback(callback("EV-A", "bid-1", auditType="CONTRACT", auditUser="王经理",
                                    remark="同意 <ok>"), 1200)
 
@@ -185,7 +162,7 @@ def test_a_callback_of_an_earlier_instance_is_recorded_as_its_own_event(store):
 
 def test_a_late_callback_of_an_attempt_in_doubt_names_that_attempt(store, clock):
     first = store.claim("EV-L2", request("EV-L2"), 1)  # its answer never came
-    clock.now += 5
+    clock.skipped_seconds += 5
     second = store.claim("EV-L2", request("EV-L2"), LEASE)
     store.settle_send("EV-L2", second, "PENDING", {"kind": "accepted"})
     store.record_callback(callback("EV-L2", "bid-2", result="refuse"), 1200)
@@ -223,7 +200,7 @@ def test_a_code_first_seen_by_callback_starts_with_its_decision(store):
 
 def test_a_redelivered_callback_and_a_pruned_doubt_make_no_event(store, clock):
     first = store.claim("EV-D", request("EV-D"), 1)
-    clock.now += 5  # its lease ran out: a new send supersedes it, and it stays in doubt
+    clock.skipped_seconds += 5  # its lease ran out: a new send supersedes it, and it stays in doubt
     second = store.claim("EV-D", request("EV-D"), LEASE)
     before = events_of("EV-D")
     assert summaries(before) == [("Approval Submitted", "SUBMITTING", None, 1),

@@ -15,18 +15,10 @@ from chalicelib.approval_store import DynamoDBApprovalStore
 from ops.events import EventResources, reconcile_event_resources
 from sandbox.stream_poller import StreamPoller
 from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, NONCES_TABLE
-from tests.events_support import Faults, Subscriber, assert_valid, stream_arn, stream_records
+from tests.events_support import Subscriber, assert_valid, stream_arn, stream_records
 from tests.test_ops_cli import run_ops, stage_config
 
 RESOURCES = EventResources(EVENT_BUS_NAME)
-
-
-@pytest.fixture
-def faults(aws_env):
-    injector = Faults(aws_env.url)
-    injector.clear()
-    yield injector
-    injector.clear()
 
 
 @pytest.fixture

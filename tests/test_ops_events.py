@@ -21,15 +21,6 @@ from tests.test_ops_config import VPC, bootstrapped, problems_of
 BUS = "jinrun-approval-events-dev"
 
 
-@pytest.fixture
-def empty_aws(moto_server, monkeypatch):
-    moto_server.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
-    aws.reset()
-    yield moto_server
-    aws.reset()
-
-
 def stream_of(table: str) -> str:
     return aws.client("dynamodb").describe_table(TableName=table)["Table"]["LatestStreamArn"]
 

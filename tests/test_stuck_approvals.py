@@ -3,9 +3,7 @@ reports, what it counts, that it only queries the open-approvals index, and the 
 function app.py deploys."""
 from __future__ import annotations
 
-import io
 import json
-import logging
 from collections import Counter
 
 import pytest
@@ -37,19 +35,6 @@ def clock():
 def store(aws_env, clock):
     return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
                                  clock=clock)
-
-
-@pytest.fixture
-def logs():
-    from chalicelib.logs import logger
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logger.registered_formatter)
-    std_logger = logging.getLogger(logger.name)
-    std_logger.addHandler(handler)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    std_logger.removeHandler(handler)
 
 
 def at(clock: Clock, seconds_before_now: float):
@@ -167,12 +152,22 @@ def test_the_search_only_queries_the_open_approvals_index(seeded):
     assert calls == {("Query", "open-approvals"): 3}
 
 
-def test_the_scheduled_function_runs_the_search(gateway, logs, capsys):
-    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                  clock=lambda: __import__("time").time() - 3600)
-    store.claim("SCHED-1", {"code": "SCHED-1"}, 120)
-    event = gateway.events.generate_cw_event(
+def scheduled(gateway) -> dict:
+    """What EventBridge's schedule hands the function."""
+    return gateway.events.generate_cw_event(
         source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+
+
+def hour_old_store() -> DynamoDBApprovalStore:
+    """A store whose clock is an hour behind: what it claims is stuck now."""
+    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
+                                 clock=lambda: __import__("time").time() - 3600)
+
+
+def test_the_scheduled_function_runs_the_search(gateway, logs, capsys):
+    store = hour_old_store()
+    store.claim("SCHED-1", {"code": "SCHED-1"}, 120)
+    event = scheduled(gateway)
     capsys.readouterr()
     gateway.lambda_.invoke("find_stuck_approvals", event)
     (line,) = [line for line in logs() if line["message"] == "approval stuck"]
@@ -193,12 +188,9 @@ def test_each_stuck_approval_is_announced_to_operators_not_to_internal_apps(gate
     create_bus(EVENT_BUS_NAME)
     operators = Subscriber(EVENT_BUS_NAME, name="on-call", source=OPERATIONS_SOURCE)
     internal_app = Subscriber(EVENT_BUS_NAME)
-    hour_ago = __import__("time").time() - 3600
-    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                  clock=lambda: hour_ago)
+    store = hour_old_store()
     store.claim("SCHED-2", {"code": "SCHED-2"}, 120, correlation_id="order-77")
-    event = gateway.events.generate_cw_event(
-        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    event = scheduled(gateway)
     gateway.lambda_.invoke("find_stuck_approvals", event)
     gateway.lambda_.invoke("find_stuck_approvals", event)  # five minutes later: still stuck
     first, again = operators.drain(settle_seconds=1)
@@ -216,11 +208,9 @@ def test_each_stuck_approval_is_announced_to_operators_not_to_internal_apps(gate
 
 def test_a_notice_that_cannot_be_published_is_logged_and_the_search_still_counts(
         gateway, logs, capsys):
-    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                  clock=lambda: __import__("time").time() - 3600)
+    store = hour_old_store()
     store.claim("SCHED-3", {"code": "SCHED-3"}, 120)
-    event = gateway.events.generate_cw_event(
-        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    event = scheduled(gateway)
     capsys.readouterr()
     gateway.lambda_.invoke("find_stuck_approvals", event)  # no bus: PutEvents fails
     (line,) = [line for line in logs() if line["message"] == "approval event not published"]
@@ -239,8 +229,7 @@ def test_a_search_that_fails_is_a_lambda_error_and_is_logged(gateway, logs, monk
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     aws.reset()
-    event = gateway.events.generate_cw_event(
-        source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+    event = scheduled(gateway)
     with pytest.raises(ServiceUnavailableError):
         gateway.lambda_.invoke("find_stuck_approvals", event)
     assert any(line["message"] == "stuck approvals could not be searched" for line in logs())

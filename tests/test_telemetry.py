@@ -3,9 +3,7 @@ the Zeyi call and the record; log lines that name the request; EMF metrics with 
 dimensions. Through app.py (Chalice's test client), moto server and the Zeyi simulator."""
 from __future__ import annotations
 
-import io
 import json
-import logging
 import uuid
 
 import pytest
@@ -31,20 +29,6 @@ def zeyi(monkeypatch):
 @pytest.fixture(autouse=True)
 def _namespace(monkeypatch):
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE)
-
-
-@pytest.fixture
-def logs():
-    """The gateway's log lines (JSON) written while the test runs."""
-    from chalicelib.logs import logger
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logger.registered_formatter)
-    std_logger = logging.getLogger(logger.name)
-    std_logger.addHandler(handler)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    std_logger.removeHandler(handler)
 
 
 @pytest.fixture

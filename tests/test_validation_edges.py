@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
-import logging
 import struct
 
 import pytest
@@ -343,18 +341,8 @@ class FakeCallbackStore:
 
 
 @pytest.fixture
-def logged():
-    from chalicelib.logs import logger
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logger.registered_formatter)
-    std_logger = logging.getLogger(logger.name)
-    std_logger.addHandler(handler)
-    logger.clear_state()
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    std_logger.removeHandler(handler)
-    logger.clear_state()
+def logged(logs):
+    return logs
 
 
 def test_a_callback_is_recorded_as_sent_and_logged_by_its_identity(logged):

@@ -24,12 +24,10 @@ PENDING = ("Approval Pending", "PENDING", "SUBMITTING", 2)
 
 @pytest.fixture
 def faults(stack):
-    from tests.events_support import Faults
+    from tests.events_support import injected_faults
 
-    injector = Faults(stack.aws_url)
-    injector.clear()
-    yield injector
-    injector.clear()
+    with injected_faults(stack.aws_url) as injector:
+        yield injector
 
 
 def assert_ok(response):
