@@ -58,6 +58,7 @@ ZEYI_REFUSAL_STATUS = 400
 def _other_methods(allowed: str) -> list[str]:
     return [method for method in ALL_METHODS if method != allowed]
 
+
 # -- composition root: one of each per container, built on first use --------------------------
 
 _secrets: SecretsCache | None = None

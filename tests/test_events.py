@@ -251,14 +251,15 @@ def test_the_same_change_is_always_the_same_event(store):
     assert events.event_id("EV-I", 1) != events.event_id("EV-J", 1)
 
 
-def test_a_correlation_id_on_the_head_is_carried(store):
-    store.claim("EV-K", request("EV-K"), LEASE)
-    [record] = [r for r in stream_records(APPROVALS_TABLE)
-                if r["dynamodb"]["Keys"]["sk"]["S"] == "HEAD"]
-    record["dynamodb"]["NewImage"]["correlationId"] = {"S": "req-123"}
-    event = event_of(record)
-    assert event.detail["correlationId"] == "req-123"
-    assert_valid(as_delivered(event))
+def test_the_sending_requests_correlation_id_is_carried(store):
+    attempt = store.claim("EV-K", request("EV-K"), LEASE, correlation_id="req-123")
+    store.settle_send("EV-K", attempt, "PENDING", {"kind": "accepted"})
+    store.record_callback(callback("EV-K", "bid-k"), 1200)
+    found = [event for event in map(event_of, stream_records(APPROVALS_TABLE)) if event]
+    assert [(e.detail["status"], e.detail.get("correlationId")) for e in found] == [
+        ("SUBMITTING", "req-123"), ("PENDING", "req-123"), ("AGREED", "req-123")]
+    for event in found:
+        assert_valid(as_delivered(event))
 
 
 @pytest.mark.parametrize("broken", [

@@ -160,6 +160,14 @@ def test_a_send_and_its_cancel_keep_their_correlation_ids_on_the_record(gateway,
     assert (status, envelope["result"]["status"]) == (200, "TERMINATED")
     head = _head("CORR-1")
     assert head["correlationId"]["S"] == "cancel-7" and head["changedBy"]["S"] == "callback"
+    # And so do the approval events the stream makes of these changes.
+    from chalicelib.events import event_of
+    from tests.events_support import stream_records
+
+    told = [(event.detail["status"], event.detail.get("correlationId"))
+            for event in map(event_of, stream_records(APPROVALS_TABLE)) if event]
+    assert told == [("SUBMITTING", "order-42"), ("PENDING", "order-42"),
+                    ("CANCELLING", "cancel-7"), ("TERMINATED", "cancel-7")]
 
 
 def test_a_new_send_does_not_inherit_the_previous_attempts_correlation_id(aws_env):
