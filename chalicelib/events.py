@@ -348,7 +348,9 @@ def publish(outgoing: list[tuple[str, ApprovalEvent]], *, client, bus_name: str,
         logger.error("approval event not published", extra={
             "code": item.event.detail["code"], "sequence": item.event.detail.get("sequence"),
             "eventId": item.event.event_id, "detailType": item.event.detail_type,
-            "streamSequenceNumber": item.sequence_number, "reason": item.reason})
+            **({"streamSequenceNumber": item.sequence_number}
+               if item.event.source == SOURCE else {}),
+            "reason": item.reason})
     return [item.sequence_number for item in unpublished]
 
 

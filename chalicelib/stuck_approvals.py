@@ -107,8 +107,9 @@ def run(store, *, settings: Settings, now_ms: int,
 def run_and_announce(store, *, settings: Settings, now_ms: int, events_client) -> dict[str, int]:
     """``run``, then one "Approval Stuck" event per stuck approval on the stage's bus
     (``events_client``: a callable that gives the EventBridge client, called only when there is
-    something to announce). An event that cannot be published is logged and counted; the next
-    run announces the approval again, so it is not retried here."""
+    something to announce). An event PutEvents still refuses after ``events.publish``'s own
+    retries is logged and counted, not raised: the next run, 5 minutes on, announces the
+    approval again."""
     from chalicelib import events
 
     found: list[StuckApproval] = []
