@@ -77,6 +77,10 @@ def _store(settings: Settings) -> DynamoDBApprovalStore:
                                  settings.approvals_table, settings.nonces_table)
 
 
+def _events_client():
+    return tracing.instrument(aws.client("events"))
+
+
 def _inbound_credentials(settings: Settings):
     return _secrets_cache().get(settings.inbound_secret_id, parse_inbound,
                                 settings.secrets_cache_seconds)
@@ -113,14 +117,12 @@ API_HANDLER = "api_handler"
 
 @app.middleware("http")
 def _observed(request, get_response):
-    scope = telemetry.begin(
-        API_HANDLER, lambda_request_id=getattr(request.lambda_context, "aws_request_id", None),
-        api_request_id=(request.context or {}).get("requestId"),
-        correlation_given=request.headers.get(correlation.HEADER))
-    try:
+    with telemetry.invocation(
+            API_HANDLER,
+            lambda_request_id=getattr(request.lambda_context, "aws_request_id", None),
+            api_request_id=(request.context or {}).get("requestId"),
+            correlation_given=request.headers.get(correlation.HEADER)) as scope:
         response = get_response(request)
-    finally:
-        telemetry.end(scope)
     response.headers[correlation.HEADER] = scope.correlation_id
     return response
 
@@ -129,12 +131,10 @@ def _invoked(function: str, event, context, action) -> dict:
     """A Lambda function's answer: ``action`` on the payload (its ``correlationId`` taken out),
     in the envelope, with the correlation id in ``result``."""
     payload, given = correlation.split_payload(event)
-    scope = telemetry.begin(function, lambda_request_id=getattr(context, "aws_request_id", None),
-                            correlation_given=given)
-    try:
+    with telemetry.invocation(function,
+                              lambda_request_id=getattr(context, "aws_request_id", None),
+                              correlation_given=given) as scope:
         answer = _envelope_of(lambda: action(payload))[1]
-    finally:
-        telemetry.end(scope)
     return correlation.into_answer(answer, scope.correlation_id)
 
 
@@ -340,18 +340,16 @@ def get_function(event, context):
 def find_stuck_approvals(event):
     from chalicelib import stuck_approvals
 
-    scope = telemetry.begin("find_stuck_approvals",
-                            lambda_request_id=getattr(event.context, "aws_request_id", None))
-    try:
-        settings = load_settings()
-        stuck_approvals.run_and_announce(
-            _store(settings), settings=settings, now_ms=int(time.time() * 1000),
-            events_client=lambda: tracing.instrument(aws.client("events")))
-    except Exception:
-        logger.exception("stuck approvals could not be searched")
-        raise  # a failed search is a Lambda error: its alarm tells
-    finally:
-        telemetry.end(scope)
+    with telemetry.invocation("find_stuck_approvals",
+                              lambda_request_id=getattr(event.context, "aws_request_id", None)):
+        try:
+            settings = load_settings()
+            stuck_approvals.run_and_announce(
+                _store(settings), settings=settings, now_ms=int(time.time() * 1000),
+                events_client=_events_client)
+        except Exception:
+            logger.exception("stuck approvals could not be searched")
+            raise  # a failed search is a Lambda error: its alarm tells
 
 
 # -- approval events: the approvals table's stream → EventBridge (chalicelib.events) -------------
@@ -360,14 +358,10 @@ def find_stuck_approvals(event):
                         starting_position=events.STREAM_STARTING_POSITION,
                         name=events.FUNCTION_NAME)
 def publish_approval_events(event):
-    scope = telemetry.begin(events.FUNCTION_NAME,
-                            lambda_request_id=getattr(event.context, "aws_request_id", None))
-    try:
-        outcome = events.handle_batch(
-            event.to_dict()["Records"], client=tracing.instrument(aws.client("events")),
-            bus_name=load_settings().event_bus_name)
+    with telemetry.invocation(events.FUNCTION_NAME,
+                              lambda_request_id=getattr(event.context, "aws_request_id", None)):
+        outcome = events.handle_batch(event.to_dict()["Records"], client=_events_client(),
+                                      bus_name=load_settings().event_bus_name)
         telemetry.count(metrics.EVENTS_PUBLISHED, value=outcome.published)
         telemetry.count(metrics.EVENTS_FAILED, value=len(outcome.failed))
         return outcome.response
-    finally:
-        telemetry.end(scope)

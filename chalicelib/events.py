@@ -154,7 +154,12 @@ def image(typed: dict | None) -> dict | None:
 
 
 def event_id(code: str, version: int) -> str:
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, json.dumps([code, version])))
+    return _named_id([code, version])
+
+
+def _named_id(parts: list) -> str:
+    """The same UUID for the same parts, always (consumers deduplicate on it)."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, json.dumps(parts)))
 
 
 def iso_time(epoch_ms: int) -> str:
@@ -246,8 +251,8 @@ def stuck_event(approval, now_ms: int) -> ApprovalEvent:
     ``stuck_approvals.StuckApproval``). The search runs every 5 minutes and says so each time
     the approval is still stuck, always with the same ``eventId`` for one stay in one status, so
     a subscriber acts (pages, opens a ticket) once."""
-    event_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, json.dumps(
-        ["stuck", approval.code, approval.status, approval.attempt_id, approval.open_since_ms])))
+    event_id = _named_id(
+        ["stuck", approval.code, approval.status, approval.attempt_id, approval.open_since_ms])
     lease = approval.lease_expires_at_ms
     detail = {
         "schemaVersion": SCHEMA_VERSION,

@@ -10,6 +10,7 @@ The scope lives in a context variable: each thread of the local sandbox's server
 """
 from __future__ import annotations
 
+import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -76,6 +77,16 @@ def end(scope: Scope) -> None:
         metrics.emit(scope.metrics)
     except Exception:
         logger.exception("metrics could not be written")
+
+
+@contextlib.contextmanager
+def invocation(function: str, **given):
+    """``begin`` … ``end`` around the enclosed block, whatever it raises; yields the scope."""
+    scope = begin(function, **given)
+    try:
+        yield scope
+    finally:
+        end(scope)
 
 
 def current() -> Scope | None:

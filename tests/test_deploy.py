@@ -249,7 +249,7 @@ class CallGraph:
                             services.add(strings[0])
                     names.update(strings)
                     # A function passed as an argument (a parser, a callback) may be called.
-                    for arg in node.args:
+                    for arg in [*node.args, *(keyword.value for keyword in node.keywords)]:
                         if isinstance(arg, (ast.Name, ast.Attribute)):
                             todo += self._resolve(fn, arg, params)
                 elif isinstance(node, ast.Dict):

@@ -11,47 +11,33 @@ import pytest
 from chalicelib import aws, stuck_approvals, telemetry
 from chalicelib.approval_store import DynamoDBApprovalStore
 from chalicelib.settings import load_settings
-from tests.conftest import APPROVALS_TABLE, NONCES_TABLE
+from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, Clock
 
 MINUTE = 60
 DAY = 24 * 3600
 NOW = 1_800_000_000.0  # seconds
 
 
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock(NOW)
-
-
-@pytest.fixture
-def store(aws_env, clock):
-    return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
-                                 clock=clock)
+    return Clock(start=NOW)  # conftest's store runs on it
 
 
 def at(clock: Clock, seconds_before_now: float):
-    clock.now = NOW - seconds_before_now
+    clock.skipped_seconds = -seconds_before_now
 
 
 def submitting(store, clock, code, ago, lease=120):
     at(clock, ago)
     store.claim(code, {"code": code}, lease, correlation_id=f"send-{code}")
-    clock.now = NOW
+    clock.skipped_seconds = 0
 
 
 def pending(store, clock, code, ago):
     at(clock, ago)
     attempt = store.claim(code, {"code": code}, 120)
     store.settle_send(code, attempt, "PENDING", {"kind": "accepted"})
-    clock.now = NOW
+    clock.skipped_seconds = 0
     return attempt
 
 
@@ -59,7 +45,7 @@ def cancelling(store, clock, code, ago, lease=600):
     attempt = pending(store, clock, code, ago + MINUTE)
     at(clock, ago)
     assert store.mark_cancelling(code, attempt, {"code": code}, lease)
-    clock.now = NOW
+    clock.skipped_seconds = 0
 
 
 @pytest.fixture
@@ -79,7 +65,7 @@ def seeded(store, clock):
     store.record_callback(CallbackRecord(
         code="DONE", business_id="b", type="finish", result="agree", audit_type=None,
         audit_user=None, remark=None, body="{}", app_key="k", nonce="done01"), 1200)
-    clock.now = NOW
+    clock.skipped_seconds = 0
     return store
 
 
@@ -101,11 +87,10 @@ def test_the_pending_age_is_the_stages_setting(seeded, monkeypatch):
 
 def test_a_run_logs_each_stuck_code_notifies_and_counts_zero_too(seeded, logs, capsys):
     notified = []
-    scope = telemetry.begin("find_stuck_approvals")
     capsys.readouterr()
-    counts = stuck_approvals.run(seeded, settings=load_settings(), now_ms=int(NOW * 1000),
-                                 notify=[notified.append])
-    telemetry.end(scope)
+    with telemetry.invocation("find_stuck_approvals"):
+        counts = stuck_approvals.run(seeded, settings=load_settings(), now_ms=int(NOW * 1000),
+                                     notify=[notified.append])
     assert counts == {"SUBMITTING": 1, "CANCELLING": 1, "PENDING": 2}
     assert sorted(a.code for a in notified) == ["C-LOST", "P-OLD", "P-OLDER", "S-LOST"]
     lines = [line for line in logs() if line["message"] == "approval stuck"]
@@ -122,9 +107,9 @@ def test_a_run_logs_each_stuck_code_notifies_and_counts_zero_too(seeded, logs, c
     assert stuck == {"SUBMITTING": [1.0], "CANCELLING": [1.0], "PENDING": [2.0]}
     # Nothing stuck: the metric is still written, as zero.
     capsys.readouterr()
-    scope = telemetry.begin("find_stuck_approvals")
-    stuck_approvals.run(seeded, settings=load_settings(), now_ms=int((NOW - 30 * DAY) * 1000))
-    telemetry.end(scope)
+    with telemetry.invocation("find_stuck_approvals"):
+        stuck_approvals.run(seeded, settings=load_settings(),
+                            now_ms=int((NOW - 30 * DAY) * 1000))
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines()
            if line.startswith('{"_aws"')]
     assert sorted(blob["StuckApprovals"][0] for blob in emf if "StuckApprovals" in blob) == [
