@@ -19,26 +19,17 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 from urllib.parse import unquote
 
 from sandbox.lifeline import die_with_parent
+from sandbox.terminal import say
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 LISTEN_BACKLOG = 1024
 QUIET_HEADER = "X-Sandbox-Quiet"
-_PRINT_LOCK = threading.Lock()
-
-
-def _say(line: str) -> None:
-    # One write per line: the simulator writes to the same terminal, and a line written in two
-    # pieces could be cut in half by one of its lines.
-    with _PRINT_LOCK:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -101,7 +92,7 @@ def build_server(host: str, port: int, stage: str, project_dir: Path = PROJECT_D
                     f"{' ' + summary if summary else ''} ({seconds * 1000:.0f} ms)")
             if status >= 500:
                 line += " - the app's JSON log has the details"
-            _say(line)
+            say(line)
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = \
             _generic_handle
@@ -110,7 +101,7 @@ def build_server(host: str, port: int, stage: str, project_dir: Path = PROJECT_D
             pass  # _report writes one line per request
 
         def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's signature
-            _say(f"[gateway] {_printable(format % args)}")
+            say(f"[gateway] {_printable(format % args)}")
 
     class Server(local.ThreadedHTTPServer):
         request_queue_size = LISTEN_BACKLOG

@@ -36,6 +36,7 @@ from sandbox.stack import (
     port_is_free,
     ports_from_env,
 )
+from sandbox.terminal import say
 
 AUTO_DECIDE_ENV = "SANDBOX_AUTO_DECIDE"
 ENCRYPT_ENV = "SANDBOX_ENCRYPT"
@@ -68,7 +69,7 @@ def build_stack(environ=os.environ) -> SandboxStack:
     return SandboxStack(gateway_port=ports[GATEWAY_PORT_ENV], zeyi_port=ports[ZEYI_PORT_ENV],
                         aws_port=ports[AWS_PORT_ENV], log_dir=None, terminal_log_dir=log_dir,
                         simulator_args=simulator_args, gateway_env=gateway_env,
-                        progress=lambda line: print(line, flush=True))
+                        progress=lambda line: say(line, sys.stdout))
 
 
 def _shown(path: Path) -> str:
@@ -162,19 +163,18 @@ def main() -> int:
         while True:
             dead = stack.dead()
             if dead:
-                print(f"sandbox: {', '.join(dead)} stopped unexpectedly; stopping the rest",
-                      file=sys.stderr)
+                say(f"sandbox: {', '.join(dead)} stopped unexpectedly; stopping the rest")
                 return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("\nsandbox: stopping...", flush=True)
+        say("\nsandbox: stopping...", sys.stdout)
         return 0
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave a process behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
-        print("sandbox: stopped", flush=True)
+        say("sandbox: stopped", sys.stdout)
 
 
 if __name__ == "__main__":

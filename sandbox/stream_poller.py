@@ -30,6 +30,7 @@ from pathlib import Path
 
 from chalicelib import events
 from sandbox.lifeline import die_with_parent
+from sandbox.terminal import say
 
 IDLE_SECONDS = 0.3
 ACCOUNT = "123456789012"
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     queue = sqs.get_queue_url(QueueName=EventResources(stage.event_bus_name).dead_letter_queue)
 
     def report(line: str) -> None:
-        print(f"[events]  {line}", file=sys.stderr, flush=True)
+        say(f"[events]  {line}")
 
     poller = StreamPoller(
         streams=session.client("dynamodbstreams"), sqs=sqs, stream_arn=stream,

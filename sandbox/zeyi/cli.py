@@ -7,6 +7,7 @@ import signal
 import sys
 
 from sandbox.lifeline import die_with_parent
+from sandbox.terminal import say
 from sandbox.zeyi.config import (
     AUTO_DECIDE_RULES,
     DEFAULT_CREDENTIALS_PATH,
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _terminate)
-    print(f"[zeyi]    listening on {simulator.url} (inbox page {simulator.url}/, callbacks to"
-          f" {config.gateway_url or 'nowhere'}, auto-decide {config.auto_decide})", flush=True)
+    say(f"[zeyi]    listening on {simulator.url} (inbox page {simulator.url}/, callbacks to"
+        f" {config.gateway_url or 'nowhere'}, auto-decide {config.auto_decide})", sys.stdout)
     try:
         simulator.serve_forever()
     except KeyboardInterrupt:

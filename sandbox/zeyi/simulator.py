@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import deque
 
+from sandbox.terminal import say
 from sandbox.zeyi.callbacks import CallbackSender
 from sandbox.zeyi.config import SimulatorConfig
 from sandbox.zeyi.model import FAULT_MODES, Approval, Delivery, Fault, now_ms
@@ -31,8 +32,6 @@ from sandbox.zeyi.rules import (
 )
 from sandbox.zeyi_protocol import ProtocolError, parse_json_object, unseal
 from sandbox.zeyi_protocol import check_headers as check_security_headers
-
-_PRINT_LOCK = threading.Lock()
 
 
 def best_effort_json(raw: bytes):
@@ -82,9 +81,7 @@ class ZeyiSimulator:
     def say(self, line: str) -> None:
         """One readable line on the terminal, when ``echo`` is on."""
         if self.config.echo:
-            with _PRINT_LOCK:  # one write per line: the gateway writes to the same terminal
-                sys.stdout.write(f"[zeyi]    {line}\n")
-                sys.stdout.flush()
+            say(f"[zeyi]    {line}", sys.stdout)
 
     @property
     def stopping(self) -> threading.Event:
@@ -450,6 +447,4 @@ class ZeyiSimulator:
     def say_request(self, line: str) -> None:
         """One line per HTTP request served, when ``verbose`` is on."""
         if self.config.verbose:
-            with _PRINT_LOCK:
-                sys.stderr.write(f"[zeyi]    {line}\n")
-                sys.stderr.flush()
+            say(f"[zeyi]    {line}")
