@@ -159,7 +159,8 @@ def parse_callback(text: str) -> dict:
         elif len(value) > _MAX_FIELD_CHARS.get(name, 64):
             problems.append(f"{name} is longer than {_MAX_FIELD_CHARS.get(name, 64)} characters")
         elif not value.isprintable():
-            problems.append(f"{name} must not contain control characters")
+            problems.append(f"{name} must be printable: no control, format, separator or"
+                            " unassigned characters")
     for name in _OPTIONAL_TEXT:
         if body.get(name) is not None and not isinstance(body[name], str):
             problems.append(f"{name} must be a string")
