@@ -62,6 +62,7 @@ class Demo:
     failures: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
     received: dict[str, dict[str, dict]] = field(default_factory=dict)  # code → eventId → event
+    _internal_app_queue: tuple | None = field(default=None, repr=False)
 
     # -- output --------------------------------------------------------------------------------
 
@@ -138,16 +139,23 @@ class Demo:
             self.received.setdefault(detail["code"], {}).setdefault(detail["eventId"], event)
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
+    def _queue(self):
+        """The SQS client and the internal app's queue URL, looked up once per demo."""
+        if self._internal_app_queue is None:
+            import boto3
+
+            sqs = boto3.client("sqs", endpoint_url=self.aws, region_name=REGION,
+                               aws_access_key_id="testing",
+                               aws_secret_access_key="testing")  # noqa: S106 - the sandbox's moto
+            url = sqs.get_queue_url(QueueName=INTERNAL_APP_QUEUE)["QueueUrl"]
+            self._internal_app_queue = (sqs, url)
+        return self._internal_app_queue
+
     def events(self, code: str, expected: list[str]) -> None:
         """Wait for ``code``'s events on the internal app's queue, show them, check them."""
         if self.aws is None:
             return
-        import boto3
-
-        sqs = boto3.client("sqs", endpoint_url=self.aws, region_name=REGION,
-                           aws_access_key_id="testing",
-                           aws_secret_access_key="testing")  # noqa: S106 - the sandbox's moto
-        url = sqs.get_queue_url(QueueName=INTERNAL_APP_QUEUE)["QueueUrl"]
+        sqs, url = self._queue()
         deadline = time.monotonic() + WAIT_SECONDS
         while len(self.received.get(code, {})) < len(expected) and time.monotonic() < deadline:
             self._read_queue(sqs, url)
