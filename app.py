@@ -12,30 +12,21 @@ import time
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import (
-    aws,
-    correlation,
-    envelope,
-    events,
-    inbound,
-    json_body,
-    metrics,
-    states,
-    telemetry,
-    tracing,
-)
-from chalicelib.approval_store import DynamoDBApprovalStore
-from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.approvals import events, inbound, states
+from chalicelib.approvals.store import DynamoDBApprovalStore
 from chalicelib.errors import (
     BodyInvalidError,
     GatewayError,
     MethodNotAllowedError,
     ValidationError,
 )
-from chalicelib.ip_allowlist import check_source_ip
-from chalicelib.logs import logger
-from chalicelib.secrets_cache import SecretsCache
-from chalicelib.settings import Settings, approvals_stream_arn, load_settings
+from chalicelib.protocol import envelope, json_body
+from chalicelib.protocol.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.protocol.ip_allowlist import check_source_ip
+from chalicelib.runtime import aws, correlation, metrics, telemetry, tracing
+from chalicelib.runtime.logs import logger
+from chalicelib.runtime.secrets_cache import SecretsCache
+from chalicelib.runtime.settings import Settings, approvals_stream_arn, load_settings
 
 app = Chalice(app_name="jinrun-approval-gateway")
 iam = IAMAuthorizer()
@@ -92,7 +83,7 @@ def _token_keys(settings: Settings):
 
 
 def _zeyi_client(settings: Settings):
-    from chalicelib.zeyi_client import ZeyiClient
+    from chalicelib.protocol.zeyi_client import ZeyiClient
 
     key = (settings.zeyi_base_url, settings.zeyi_connect_timeout_seconds,
            settings.zeyi_read_timeout_seconds, settings.zeyi_deadline_seconds,
@@ -109,8 +100,8 @@ def _zeyi_client(settings: Settings):
 
 
 # -- observability: correlation ids, log keys, metrics, traces -----------------------------------
-# Every invocation is one telemetry scope (chalicelib.telemetry): the HTTP middleware below is
-# registered first, so it wraps every route and every answer Chalice makes itself.
+# Every invocation is one telemetry scope (chalicelib.runtime.telemetry): the HTTP middleware
+# below is registered first, so it wraps every route and every answer Chalice makes itself.
 
 API_HANDLER = "api_handler"
 
@@ -261,7 +252,7 @@ def zeyi_wrong_method():
 # -- routes and functions internal apps call -----------------------------------------------------
 
 def _send(payload):
-    from chalicelib import outbound
+    from chalicelib.approvals import outbound
 
     settings = load_settings()
     with telemetry.zeyi_outcome(metrics.SENDS, accepted=states.PENDING):
@@ -271,7 +262,7 @@ def _send(payload):
 
 
 def _cancel(payload):
-    from chalicelib import outbound
+    from chalicelib.approvals import outbound
 
     settings = load_settings()
     with telemetry.zeyi_outcome(metrics.CANCELS, accepted=states.CANCELLING):
@@ -281,7 +272,7 @@ def _cancel(payload):
 
 
 def _get(code):
-    from chalicelib import outbound
+    from chalicelib.approvals import outbound
 
     return outbound.get_approval(code, store=_store(load_settings()))
 
@@ -338,7 +329,7 @@ def get_function(event, context):
 
 @app.schedule(Rate(5, unit=Rate.MINUTES), name="find_stuck_approvals")
 def find_stuck_approvals(event):
-    from chalicelib import stuck_approvals
+    from chalicelib.approvals import stuck as stuck_approvals
 
     with telemetry.invocation("find_stuck_approvals",
                               lambda_request_id=getattr(event.context, "aws_request_id", None)):
@@ -352,7 +343,7 @@ def find_stuck_approvals(event):
             raise  # a failed search is a Lambda error: its alarm tells
 
 
-# -- approval events: the approvals table's stream → EventBridge (chalicelib.events) -------------
+# -- approval events: the approvals table's stream → EventBridge (chalicelib.approvals.events) --
 
 @app.on_dynamodb_record(stream_arn=approvals_stream_arn(), batch_size=events.STREAM_BATCH_SIZE,
                         starting_position=events.STREAM_STARTING_POSITION,

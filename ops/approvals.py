@@ -15,10 +15,10 @@ import time
 import unicodedata
 from datetime import UTC, datetime
 
-from chalicelib import settings
-from chalicelib.approval_store import DynamoDBApprovalStore
+from chalicelib.approvals.store import DynamoDBApprovalStore
 from chalicelib.errors import GatewayError
-from chalicelib.payloads import validate_code
+from chalicelib.protocol.payloads import validate_code
+from chalicelib.runtime import settings
 from ops.common import OpsError, aws_session, client, error_code
 from ops.stage_config import load_stage
 

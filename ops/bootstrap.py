@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chalicelib import settings
-from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import ConfigError
-from chalicelib.tables import reconcile_tables
+from chalicelib.protocol.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.runtime import settings
+from chalicelib.runtime.tables import reconcile_tables
 from ops.common import OpsError, aws_session, client, run
 from ops.stage_config import CONFIG_PATH, load_stage
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 
-from chalicelib import settings
-from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import ConfigError
-from chalicelib.tables import table_problems
+from chalicelib.protocol.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.runtime import settings
+from chalicelib.runtime.tables import table_problems
 from ops.common import OpsError, aws_session, client, describe_failure, error_code
 from ops.stage_config import (
     LOCAL_STAGES,

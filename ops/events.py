@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from chalicelib import events, settings
+from chalicelib.approvals import events
+from chalicelib.runtime import settings
 from ops.common import OpsError, aws_session, client, error_code
 from ops.stage_config import LOCAL_STAGES, Stage, load_stage
 

@@ -25,9 +25,9 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from chalicelib import settings
-from chalicelib.credentials import parse_inbound, parse_token_keys
 from chalicelib.errors import ConfigError
+from chalicelib.protocol.credentials import parse_inbound, parse_token_keys
+from chalicelib.runtime import settings
 from ops.common import OpsError, aws_session, client, error_code
 from ops.stage_config import API_HANDLER, Stage, load_stage
 

@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chalicelib import settings, signing, tokens
-from chalicelib.credentials import Credential, parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import ConfigError, GatewayError
-from chalicelib.inbound import parse_callback, strict_utf8
+from chalicelib.protocol import signing, tokens
+from chalicelib.protocol.credentials import (
+    Credential,
+    parse_inbound,
+    parse_outbound,
+    parse_token_keys,
+)
+from chalicelib.protocol.verification import parse_callback, strict_utf8
+from chalicelib.runtime import settings
 from ops.common import OpsError, aws_session, client, error_code
 from ops.stage_config import load_stage
 

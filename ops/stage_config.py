@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib import settings
+from chalicelib.runtime import settings
 from ops.common import OpsError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

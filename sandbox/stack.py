@@ -396,7 +396,7 @@ class SandboxStack:
     def subscribe_internal_app(self, bus: str) -> str:
         """A queue for the sandbox's internal app, and a rule that sends it every approval
         event of the bus (what an internal team sets up for itself)."""
-        from chalicelib.events import SOURCE
+        from chalicelib.approvals.events import SOURCE
 
         sqs, bridge = self.aws_client("sqs"), self.aws_client("events")
         url = sqs.create_queue(QueueName=INTERNAL_APP_QUEUE)["QueueUrl"]

@@ -2,10 +2,10 @@
 ``chalice local`` runs no stream handler, so this reads moto's stream and calls app.py's
 ``publish_approval_events`` itself, with the event Lambda would give it.
 
-It follows the deployed mapping's settings (``chalicelib.events``: batch size, TRIM_HORIZON,
-``STREAM_MAPPING``): a batch whose handler reports ``batchItemFailures`` is retried from the
-first failed record; a batch whose handler raises is split in two (bisection, which does not
-count as a retry); after ``MaximumRetryAttempts`` retries the batch's coordinates go to the
+It follows the deployed mapping's settings (``chalicelib.approvals.events``: batch size,
+TRIM_HORIZON, ``STREAM_MAPPING``): a batch whose handler reports ``batchItemFailures`` is retried
+from the first failed record; a batch whose handler raises is split in two (bisection, which does
+not count as a retry); after ``MaximumRetryAttempts`` retries the batch's coordinates go to the
 dead-letter queue as Lambda's on-failure record, and the shard moves on. (Record age is not
 enforced: the sandbox's stream never trims.)
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chalicelib import events
+from chalicelib.approvals import events
 from sandbox.lifeline import die_with_parent
 from sandbox.terminal import say
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     import app as gateway_app
-    from chalicelib import settings
+    from chalicelib.runtime import settings
     from ops.events import EventResources
 
     session = boto3.session.Session()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from chalicelib import aws, settings
+from chalicelib.runtime import aws, settings
 from tests.moto_server import MotoServer
 
 REGION = "us-east-1"
@@ -73,7 +73,7 @@ def aws_env(moto_server, monkeypatch):
     moto_server.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
     aws.reset()
-    from chalicelib.tables import ensure_tables
+    from chalicelib.runtime.tables import ensure_tables
 
     ensure_tables(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
     secrets = aws.client("secretsmanager")
@@ -116,7 +116,7 @@ def clock():
 @pytest.fixture
 def store(aws_env, clock):
     """The real approval store on moto server, on the test's clock."""
-    from chalicelib.approval_store import DynamoDBApprovalStore
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     return DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
                                  clock=clock)
@@ -210,7 +210,7 @@ def zeyi():
 @pytest.fixture
 def logs():
     """The gateway's log lines (JSON) written while the test runs."""
-    from chalicelib.logs import logger
+    from chalicelib.runtime.logs import logger
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import requests
 
-from chalicelib import aws
-from chalicelib.events import SOURCE
+from chalicelib.approvals.events import SOURCE
+from chalicelib.runtime import aws
 from ops.events import lambda_record
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,9 +8,9 @@ import json
 import boto3
 import pytest
 
-from chalicelib import aws
-from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
-from chalicelib.tables import approvals_table_definition, nonces_table_definition
+from chalicelib.protocol.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.runtime import aws
+from chalicelib.runtime.tables import approvals_table_definition, nonces_table_definition
 from ops import bootstrap as bootstrap_module
 from ops.bootstrap import DENY_DELETION_SID, bootstrap, main, stage_environment
 from tests.conftest import INBOUND, INBOUND_ROTATED, OUTBOUND, TOKEN_KEYS

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chalicelib import aws
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, INBOUND_ROTATED, NONCES_TABLE, TOKEN_KEYS
 
@@ -43,7 +43,7 @@ def stored_items() -> tuple[list, list]:
 def history(gateway, code):
     """The code's history as the status route shows it, plus each callback's raw body as
     stored (the route leaves bodies out: they can be hundreds of kilobytes each)."""
-    from chalicelib.approval_store import DynamoDBApprovalStore
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
     record = store.history(code)
@@ -163,7 +163,7 @@ def test_a_token_of_one_credential_is_refused_for_another(gateway):
 # -- the state machine ------------------------------------------------------------------------
 
 def seed_pending(code: str) -> None:
-    from chalicelib.approval_store import DynamoDBApprovalStore
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
     attempt = store.claim(code, {"code": code}, 120)
@@ -205,7 +205,7 @@ def test_late_callback_never_leaves_a_final_state(gateway):
 
 
 def test_terminate_settles_a_cancelling_approval(gateway):
-    from chalicelib.approval_store import DynamoDBApprovalStore
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     seed_pending("HT-CAN")
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
@@ -216,7 +216,7 @@ def test_terminate_settles_a_cancelling_approval(gateway):
 
 
 def test_a_callback_settles_a_submitting_attempt(gateway):
-    from chalicelib.approval_store import DynamoDBApprovalStore
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
     store.claim("HT-SUB", {"code": "HT-SUB"}, 120)
@@ -343,8 +343,8 @@ def test_missing_or_malformed_token_is_refused(gateway, authorization, why):
 
 
 def test_expired_token_is_refused(gateway):
-    from chalicelib import tokens
-    from chalicelib.credentials import parse_token_keys
+    from chalicelib.protocol import tokens
+    from chalicelib.protocol.credentials import parse_token_keys
 
     keys = parse_token_keys("test", json.dumps(TOKEN_KEYS))
     expired = tokens.issue_token(keys, INBOUND["appKey"], 7200, clock=lambda: time.time() - 7201)
@@ -399,7 +399,7 @@ def test_ip_allowlist(gateway, monkeypatch):
 
 
 def test_internal_error_is_an_envelope_without_a_trace(gateway, monkeypatch):
-    from chalicelib import approval_store
+    from chalicelib.approvals import store as approval_store
 
     def explode(*args, **kwargs):
         raise RuntimeError("secret internals")

@@ -16,8 +16,10 @@ import jsonschema
 import pytest
 import yaml
 
-from chalicelib import errors, inbound, payloads
+from chalicelib import errors
+from chalicelib.approvals import inbound
 from chalicelib.errors import BodyInvalidError, BodyTooLargeError, ValidationError
+from chalicelib.protocol import payloads
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml")
                       .read_text(encoding="utf-8"))
@@ -131,7 +133,7 @@ def test_the_documented_statuses_are_the_ones_in_chalicelib():
 
 
 def test_the_documented_state_names_are_the_code_s():
-    from chalicelib import states
+    from chalicelib.approvals import states
 
     assert set(SCHEMAS["Status"]["enum"]) == {
         states.SUBMITTING, states.PENDING, states.CANCELLING, states.AGREED, states.REFUSED,
@@ -274,7 +276,7 @@ def _resolved(node: dict) -> dict:
 
 
 def test_every_route_takes_and_every_answer_returns_the_correlation_id():
-    from chalicelib import correlation
+    from chalicelib.runtime import correlation
 
     for path, item in SPEC["paths"].items():
         names = {_resolved(p)["name"] for p in item.get("parameters", [])}
@@ -293,7 +295,7 @@ def test_every_route_takes_and_every_answer_returns_the_correlation_id():
 def test_the_documented_correlation_id_rule_is_the_codes(value):
     import re
 
-    from chalicelib import correlation
+    from chalicelib.runtime import correlation
 
     schema = SPEC["components"]["parameters"]["CorrelationId"]["schema"]
     documented = re.search(schema["pattern"], value) is not None

@@ -7,8 +7,8 @@ import logging
 import threading
 from collections import Counter
 
-from chalicelib import aws
-from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import (
     APPROVALS_TABLE,
@@ -99,7 +99,7 @@ def test_concurrent_callbacks_for_an_unknown_code_create_one_attempt(aws_env, at
 
 
 def test_no_secret_token_or_sign_is_ever_logged(gateway):
-    from chalicelib.logs import logger
+    from chalicelib.runtime.logs import logger
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -35,7 +35,7 @@ import pytest
 import yaml
 from botocore import xform_name
 
-from chalicelib import aws, settings
+from chalicelib.runtime import aws, settings
 from ops.config_commands import VPC_STACK_OUTPUTS
 from ops.package import PackageError, package
 from ops.stage_config import API_HANDLER, REQUIRED_NAMES, Stage, load_stage
@@ -68,14 +68,14 @@ VPC_ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces"
 LAYER_PREFIX = re.compile(r"^python/(lib/python[^/]+/site-packages/)?")
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 # What X-Ray's active tracing needs of every function's role (the Lambda service sends the
-# function's segment with it, chalicelib.tracing the subsegments). No resource-level restriction.
+# function's segment with it, chalicelib.runtime.tracing the subsegments). No resource-level restriction.
 XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # Chalice's policy files are static JSON, the same file for every region and partition: the
 # account is pinned with this condition (IAM fills in the role's own account), the partition and
 # region stay '*' (docs/operations.md, "Least privilege and where Chalice limits it").
 ACCOUNT_PIN = {"StringEqualsIfExists": {"aws:ResourceAccount": "${aws:PrincipalAccount}"}}
-ZEYI_CLIENT = ("chalicelib.zeyi_client", "ZeyiClient.__init__")
-OPERATOR_ONLY_MODULES = {"chalicelib.tables"}
+ZEYI_CLIENT = ("chalicelib.protocol.zeyi_client", "ZeyiClient.__init__")
+OPERATOR_ONLY_MODULES = {"chalicelib.runtime.tables"}
 STATEFUL_TYPES = {"AWS::DynamoDB::Table", "AWS::SecretsManager::Secret",
                   "AWS::SecretsManager::ResourcePolicy", "AWS::Logs::LogGroup",
                   "AWS::Events::EventBus", "AWS::Events::Archive", "AWS::SQS::Queue"}
@@ -86,9 +86,9 @@ STATEFUL_TYPES = {"AWS::DynamoDB::Table", "AWS::SecretsManager::Secret",
 def lambda_sources() -> dict[str, Path]:
     """Module name -> file, for every module the Lambda package runs."""
     sources = {"app": ROOT / "app.py"}
-    for path in sorted((ROOT / "chalicelib").glob("*.py")):
-        if path.stem != "__init__":
-            sources[f"chalicelib.{path.stem}"] = path
+    for path in sorted((ROOT / "chalicelib").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        sources[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return sources
 
 
@@ -475,7 +475,7 @@ def exercise_find_stuck_approvals(gateway, zeyi, record):
     """The scheduled search, with one approval of each searched status stuck for an hour."""
     import time
 
-    from chalicelib.approval_store import DynamoDBApprovalStore
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     store = DynamoDBApprovalStore(aws.client("dynamodb"), os.environ[settings.APPROVALS_TABLE],
                                   os.environ[settings.NONCES_TABLE],
@@ -764,7 +764,7 @@ def test_merged_template_passes_cfn_lint(stage, tmp_path):
     cfn_lint(result.template)
     # The approval events' stream subscription: this stack's stream, and the failure handling
     # chalice cannot write, merged into chalice's own (tests/test_events_deploy.py).
-    from chalicelib.events import STREAM_MAPPING
+    from chalicelib.approvals.events import STREAM_MAPPING
 
     function = load_cfn(result.template)["Resources"]["PublishApprovalEvents"]["Properties"]
     [(_, subscription)] = function["Events"].items()
@@ -812,7 +812,7 @@ def test_resources_template_names_match_the_stage_config(stage):
 
 
 def test_resources_template_matches_chalicelib_tables():
-    from chalicelib.tables import (
+    from chalicelib.runtime.tables import (
         NONCE_TTL_ATTRIBUTE,
         approvals_table_definition,
         nonces_table_definition,

@@ -9,9 +9,10 @@ import json
 
 import pytest
 
-from chalicelib import aws, events
-from chalicelib.approval_store import CallbackRecord
-from chalicelib.events import EventError, event_of, handle_batch
+from chalicelib.approvals import events
+from chalicelib.approvals.events import EventError, event_of, handle_batch
+from chalicelib.approvals.store import CallbackRecord
+from chalicelib.runtime import aws
 from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, Clock
 from tests.events_support import (
     Subscriber,

@@ -10,8 +10,9 @@ import json
 import pytest
 
 import app as gateway_app
-from chalicelib import aws, events
-from chalicelib.approval_store import DynamoDBApprovalStore
+from chalicelib.approvals import events
+from chalicelib.approvals.store import DynamoDBApprovalStore
+from chalicelib.runtime import aws
 from ops.events import EventResources, reconcile_event_resources
 from sandbox.stream_poller import StreamPoller
 from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, NONCES_TABLE

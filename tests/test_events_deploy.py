@@ -1,8 +1,8 @@
 """The approval events as deployed: infra/resources.yaml, the bootstrap (ops/events.py) and the
 stage config name the same bus, archive and dead-letter queue; the stream subscription's failure
 handling is the same in the merge template, in ``ops events configure-mapping`` and in the
-sandbox's poller (all from chalicelib.events.STREAM_MAPPING); app.py subscribes the function as
-chalicelib.events says. (``chalice package`` + cfn-lint of the merged template, and the
+sandbox's poller (all from chalicelib.approvals.events.STREAM_MAPPING); app.py subscribes the function as
+chalicelib.approvals.events says. (``chalice package`` + cfn-lint of the merged template, and the
 function's policy: tests/test_deploy.py.)"""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from chalice.utils import to_cfn_resource_name
 
-from chalicelib import events, settings
+from chalicelib.approvals import events
+from chalicelib.runtime import settings
 from ops import events as ops_events
 from ops.stage_config import load_stage
 from tests.test_deploy import load_cfn

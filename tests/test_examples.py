@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from chalicelib import aws
-from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
-from chalicelib.events import handle_batch
+from chalicelib.approvals.events import handle_batch
+from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.runtime import aws
 from examples import approval_events_consumer as consumer
 from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, NONCES_TABLE
 from tests.events_support import Subscriber, create_bus, stream_records

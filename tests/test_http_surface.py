@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from chalicelib import aws
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import simulator
 from tests.test_callback_route import CALLBACK, stored_items, token_for
@@ -170,7 +170,7 @@ def test_a_lone_surrogate_field_name_by_lambda_invoke_is_named_escaped_and_cut(g
 
 
 def test_an_upstream_message_with_a_lone_surrogate_still_encodes():
-    from chalicelib import envelope
+    from chalicelib.protocol import envelope
 
     text = envelope.to_json(envelope.failure("X", "Zeyi said \ud800", result={"\udfff": 1}))
     assert json.loads(text.encode("utf-8")) == {

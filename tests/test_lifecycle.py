@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from chalicelib import aws, outbound
-from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.approvals import outbound
+from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
 from chalicelib.errors import (
     ApprovalActiveError,
     ServiceUnavailableError,
@@ -21,6 +21,7 @@ from chalicelib.errors import (
     UpstreamRejectedError,
     UpstreamSystemError,
 )
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE
 from tests.test_callback_route import CALLBACK, history, token_for
@@ -135,8 +136,8 @@ def test_a_decision_counts_whether_or_not_a_refused_send_came_first(store, zeyi)
     json.dumps("长" * 20_000, ensure_ascii=False).encode(),
 ])
 def test_any_answer_zeyi_accepts_with_is_stored_and_the_send_succeeds(store, result):
-    from chalicelib.credentials import parse_outbound
-    from chalicelib.zeyi_client import ZeyiClient
+    from chalicelib.protocol.credentials import parse_outbound
+    from chalicelib.protocol.zeyi_client import ZeyiClient
     from tests.conftest import OUTBOUND
     from tests.test_zeyi_client import Scripted
 
@@ -177,8 +178,8 @@ def test_a_callback_with_a_huge_remark_is_stored_and_redelivered(gateway, fields
 
 
 def test_an_answer_that_trickles_in_ends_at_the_deadline_and_the_attempt_stays_open(store):
-    from chalicelib.credentials import parse_outbound
-    from chalicelib.zeyi_client import ZeyiClient
+    from chalicelib.protocol.credentials import parse_outbound
+    from chalicelib.protocol.zeyi_client import ZeyiClient
     from tests.conftest import OUTBOUND
     from tests.test_zeyi_client import Trickle, trickled_answer
 
@@ -361,7 +362,7 @@ def test_an_instance_no_attempt_can_own_is_recorded_answered_and_logged(store, z
     import io
     import logging
 
-    from chalicelib.logs import logger
+    from chalicelib.runtime.logs import logger
 
     send(store, zeyi, "HT-13")
     deliver(store, zeyi.decide(zeyi.latest("HT-13"), "refuse"))

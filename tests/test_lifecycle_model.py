@@ -31,14 +31,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from chalicelib import aws, outbound, states
-from chalicelib.approval_store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.approvals import outbound, states
+from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
 from chalicelib.errors import (
     ApprovalActiveError,
     ApprovalNotCancellableError,
     ApprovalNotFoundError,
     GatewayError,
 )
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
 from tests.zeyi_model import AGREED, FAULTS, PENDING, Callback, ZeyiModel

@@ -10,7 +10,9 @@ from functools import cache
 
 import pytest
 
-from chalicelib import metrics, states, stuck_approvals, telemetry
+from chalicelib.approvals import states
+from chalicelib.approvals import stuck as stuck_approvals
+from chalicelib.runtime import metrics, telemetry
 from ops.package import package
 from ops.stage_config import API_HANDLER
 from tests.test_deploy import (

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from chalicelib import aws
-from chalicelib.approval_store import DynamoDBApprovalStore
+from chalicelib.approvals.store import DynamoDBApprovalStore
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, simulator
 from tests.test_ops_cli import run_ops, stage_config

@@ -15,7 +15,7 @@ import pytest
 # Imported at collection, not first inside a test: the gateway's logger keeps the sys.stdout it
 # found at import, and a test's capsys stream is closed once that test ends.
 import app  # noqa: F401
-from chalicelib import settings
+from chalicelib.runtime import settings
 from ops.cli import build_parser, main
 from ops.stage_config import CONFIG_PATH
 from tests import conftest

@@ -8,7 +8,7 @@ import json
 import boto3
 import pytest
 
-from chalicelib import aws
+from chalicelib.runtime import aws
 from ops import stage_config as stage_config_module
 from ops.bootstrap import main as bootstrap_main
 from ops.cli import main as ops_main
@@ -69,7 +69,7 @@ def test_an_empty_account_gets_the_whole_list(empty_aws, capsys, tmp_path):
 def test_what_a_half_set_up_stage_lacks_is_named(empty_aws, capsys, tmp_path):
     """Tables created by hand without their settings, the placeholder secrets of the
     CloudFormation path, the wrong Zeyi environment, a missing policy file."""
-    from chalicelib.tables import approvals_table_definition, nonces_table_definition
+    from chalicelib.runtime.tables import approvals_table_definition, nonces_table_definition
 
     config = stage_config(tmp_path, ZEYI_BASE_URL="https://gw.shjiuze.cn", stage_settings=VPC)
     (config.parent / "policy-dev-get_approval.json").unlink()

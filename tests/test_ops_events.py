@@ -11,7 +11,8 @@ import zipfile
 
 import pytest
 
-from chalicelib import aws, events
+from chalicelib.approvals import events
+from chalicelib.runtime import aws
 from ops.bootstrap import main as bootstrap_main
 from ops.events import EventResources
 from ops.stage_config import load_stage
@@ -65,7 +66,7 @@ def test_fill_stream_names_the_tables_stream_in_the_stage(empty_aws, capsys, tmp
     # environment.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("APPROVALS_STREAM_ARN", stream)
-        from chalicelib.settings import approvals_stream_arn
+        from chalicelib.runtime.settings import approvals_stream_arn
 
         assert approvals_stream_arn() == stream
     status, out, _ = run_ops(capsys, "config", "fill-stream", "--stage", "dev", "--config", config)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from chalicelib import aws
-from chalicelib.credentials import parse_inbound, parse_token_keys
+from chalicelib.protocol.credentials import parse_inbound, parse_token_keys
+from chalicelib.runtime import aws
 from ops.bootstrap import DENY_DELETION_SID
 from ops.secret_rotation import KEY_ADDED, KEY_PROMOTED, rotate_token_key
 from tests import peer
@@ -150,7 +150,7 @@ def test_an_appkey_already_there_is_refused(aws_env, capsys, tmp_path):
 def gateway_log_lines(gateway, capsys, credential) -> list[str]:
     """The JSON lines the gateway writes for a token request with ``credential``, formatted by
     its own logger: exactly what CloudWatch Logs would hold."""
-    from chalicelib.logs import logger
+    from chalicelib.runtime.logs import logger
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chalicelib import aws
+from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import INBOUND, INBOUND_ROTATED, OUTBOUND, TOKEN_KEYS
 from tests.test_ops_cli import run_ops, stage_config

@@ -11,9 +11,8 @@ import threading
 
 import pytest
 
-from chalicelib import aws, outbound
-from chalicelib.approval_store import CallbackRecord
-from chalicelib.credentials import parse_outbound
+from chalicelib.approvals import outbound
+from chalicelib.approvals.store import CallbackRecord
 from chalicelib.errors import (
     ApprovalActiveError,
     ApprovalNotCancellableError,
@@ -30,9 +29,11 @@ from chalicelib.errors import (
 from chalicelib.errors import (
     UpstreamUnavailableError as Unavailable,
 )
-from chalicelib.secrets_cache import SecretsCache
-from chalicelib.settings import load_settings
-from chalicelib.zeyi_client import ZeyiClient
+from chalicelib.protocol.credentials import parse_outbound
+from chalicelib.protocol.zeyi_client import ZeyiClient
+from chalicelib.runtime import aws
+from chalicelib.runtime.secrets_cache import SecretsCache
+from chalicelib.runtime.settings import load_settings
 from sandbox.zeyi_protocol import Credential as ZeyiCredential
 from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
 from tests.conftest import (
@@ -464,6 +465,6 @@ def test_each_use_case_makes_the_fewest_aws_calls(store, zeyi, client_for, aws_c
 
 
 def test_importing_the_use_cases_does_not_import_requests():
-    code = ("import sys, chalicelib.outbound; "
+    code = ("import sys, chalicelib.approvals.outbound; "
             "assert 'requests' not in sys.modules, 'requests was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

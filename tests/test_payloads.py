@@ -6,7 +6,7 @@ import json
 import pytest
 
 from chalicelib.errors import BodyTooLargeError, ValidationError
-from chalicelib.payloads import (
+from chalicelib.protocol.payloads import (
     SEND_BODY_MAX_BYTES,
     to_wire,
     validate_cancel,

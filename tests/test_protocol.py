@@ -10,8 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib import signing
-from chalicelib.aes import AesCodec
 from chalicelib.errors import (
     BodyInvalidError,
     ConfigError,
@@ -20,6 +18,8 @@ from chalicelib.errors import (
     TimestampInvalidError,
     TimestampOutOfWindowError,
 )
+from chalicelib.protocol import signing
+from chalicelib.protocol.aes import AesCodec
 
 VECTORS = json.loads((pathlib.Path(__file__).resolve().parent / "data" / "zeyi_sdk_vectors.json")
                      .read_text(encoding="utf-8"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import aws
+from chalicelib.runtime import aws
 from tests.conftest import APPROVALS_TABLE, NONCES_TABLE
 from tests.events_support import stream_arn
 

@@ -1,11 +1,11 @@
 """The lifecycle rules alone, without a store: the transition table and the ruling that binds a
-callback to the attempt it belongs to (chalicelib/states.py, docs/architecture.md)."""
+callback to the attempt it belongs to (chalicelib/approvals/states.py, docs/architecture.md)."""
 from __future__ import annotations
 
 import pytest
 
-from chalicelib import states
-from chalicelib.states import (
+from chalicelib.approvals import states
+from chalicelib.approvals.states import (
     AGREE,
     AGREED,
     APPLIED,

@@ -8,9 +8,10 @@ from collections import Counter
 
 import pytest
 
-from chalicelib import aws, stuck_approvals, telemetry
-from chalicelib.approval_store import DynamoDBApprovalStore
-from chalicelib.settings import load_settings
+from chalicelib.approvals import stuck as stuck_approvals
+from chalicelib.approvals.store import DynamoDBApprovalStore
+from chalicelib.runtime import aws, telemetry
+from chalicelib.runtime.settings import load_settings
 from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, Clock
 
 MINUTE = 60
@@ -59,7 +60,7 @@ def seeded(store, clock):
     pending(store, clock, "P-OLDER", 9 * DAY)
     pending(store, clock, "P-DAY", DAY)
     pending(store, clock, "DONE", 30 * DAY)
-    from chalicelib.approval_store import CallbackRecord
+    from chalicelib.approvals.store import CallbackRecord
 
     at(clock, 29 * DAY)
     store.record_callback(CallbackRecord(
@@ -166,7 +167,7 @@ def test_the_scheduled_function_runs_the_search(gateway, logs, capsys):
 
 
 def test_each_stuck_approval_is_announced_to_operators_not_to_internal_apps(gateway, logs):
-    from chalicelib.events import OPERATIONS_SOURCE
+    from chalicelib.approvals.events import OPERATIONS_SOURCE
     from tests.conftest import EVENT_BUS_NAME
     from tests.events_support import STUCK_SCHEMA_PATH, Subscriber, assert_valid, create_bus
 

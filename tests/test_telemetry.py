@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import app as gateway_app
-from chalicelib import aws, correlation, telemetry
+from chalicelib.runtime import aws, correlation, telemetry
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, simulator
 from tests.test_callback_route import CALLBACK, post_callback, seed_pending, token_for
@@ -161,7 +161,7 @@ def test_a_send_and_its_cancel_keep_their_correlation_ids_on_the_record(gateway,
     head = _head("CORR-1")
     assert head["correlationId"]["S"] == "cancel-7" and head["changedBy"]["S"] == "callback"
     # And so do the approval events the stream makes of these changes.
-    from chalicelib.events import event_of
+    from chalicelib.approvals.events import event_of
     from tests.events_support import stream_records
 
     told = [(event.detail["status"], event.detail.get("correlationId"))
@@ -171,8 +171,8 @@ def test_a_send_and_its_cancel_keep_their_correlation_ids_on_the_record(gateway,
 
 
 def test_a_new_send_does_not_inherit_the_previous_attempts_correlation_id(aws_env):
-    from chalicelib.approval_store import DynamoDBApprovalStore
-    from chalicelib.states import FAILED
+    from chalicelib.approvals.states import FAILED
+    from chalicelib.approvals.store import DynamoDBApprovalStore
 
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, "unused")
     attempt = store.claim("CORR-2", {"code": "CORR-2"}, 120, correlation_id="first")
@@ -356,7 +356,7 @@ def test_a_cold_start_is_counted_once_per_container_and_function(gateway, emf, m
 
 
 def test_a_metric_that_cannot_be_written_never_fails_the_request(gateway, logs, monkeypatch):
-    from chalicelib import metrics
+    from chalicelib.runtime import metrics
 
     def broken(found):
         raise ValueError("no namespace")

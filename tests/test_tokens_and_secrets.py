@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from chalicelib import tokens
-from chalicelib.credentials import parse_inbound, parse_outbound, parse_token_keys
 from chalicelib.errors import ConfigError, TokenInvalidError
-from chalicelib.secrets_cache import SecretsCache
+from chalicelib.protocol import tokens
+from chalicelib.protocol.credentials import parse_inbound, parse_outbound, parse_token_keys
+from chalicelib.runtime.secrets_cache import SecretsCache
 
 KEYS = parse_token_keys("t", json.dumps({"keys": ["k" * 32, "old-" + "o" * 32]}))
 NOW = 1_800_000_000.0
@@ -113,7 +113,7 @@ def test_secrets_cache_fetches_again_only_after_max_age():
 
 
 def test_broken_secret_in_secrets_manager_becomes_config_error_envelope(gateway, monkeypatch):
-    from chalicelib import aws
+    from chalicelib.runtime import aws
     from tests import peer
     from tests.conftest import INBOUND_SECRET_ID
 
@@ -276,7 +276,7 @@ def test_an_inbound_iv_is_checked_with_its_secret_as_an_aes_key():
 
 @pytest.mark.parametrize("key_length", [16, 24, 32])
 def test_each_aes_key_length_works(key_length):
-    from chalicelib.aes import AesCodec
+    from chalicelib.protocol.aes import AesCodec
 
     codec = AesCodec(b"k" * key_length, b"0" * 16)
     assert codec.decrypt(codec.encrypt("x" * 40)) == "x" * 40
@@ -285,15 +285,15 @@ def test_each_aes_key_length_works(key_length):
 @pytest.mark.parametrize(("key_length", "iv_length"), [(15, 16), (17, 16), (23, 16), (25, 16),
                                                        (31, 16), (33, 16), (16, 15), (16, 17)])
 def test_other_aes_key_and_iv_lengths_are_config_errors(key_length, iv_length):
-    from chalicelib.aes import AesCodec
+    from chalicelib.protocol.aes import AesCodec
 
     with pytest.raises(ConfigError):
         AesCodec(b"k" * key_length, b"0" * iv_length)
 
 
 def test_a_ciphertext_with_a_character_outside_base64_is_refused_not_skipped():
-    from chalicelib.aes import AesCodec
     from chalicelib.errors import BodyInvalidError
+    from chalicelib.protocol.aes import AesCodec
 
     codec = AesCodec(b"k" * 16, b"0" * 16)
     sealed = codec.encrypt("x" * 40)

@@ -1,6 +1,6 @@
-"""X-Ray subsegments: what chalicelib.tracing sends to the daemon Lambda runs, checked on a UDP
+"""X-Ray subsegments: what chalicelib.runtime.tracing sends to the daemon Lambda runs, checked on a UDP
 socket on loopback standing in for the daemon, and held to what the X-Ray SDK itself sends
-(the SDK is a test dependency only: the gateway does not ship it, see chalicelib/tracing.py)."""
+(the SDK is a test dependency only: the gateway does not ship it, see chalicelib/runtime/tracing.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from chalicelib import correlation, tracing
+from chalicelib.runtime import correlation, tracing
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, simulator
 from tests.test_callback_route import post_callback, seed_pending, token_for
@@ -174,7 +174,7 @@ def test_the_documents_have_the_shape_the_xray_sdk_gives_them(aws_env, daemon):
     assert completed.returncode == 0, completed.stderr
     sdk_call, sdk_zeyi = daemon.documents()
 
-    from chalicelib import aws
+    from chalicelib.runtime import aws
 
     tracing.begin_invocation()
     tracing.instrument(aws.client("dynamodb")).get_item(

@@ -11,8 +11,7 @@ import struct
 
 import pytest
 
-from chalicelib import inbound, json_body, signing, states
-from chalicelib.credentials import parse_inbound, parse_token_keys
+from chalicelib.approvals import inbound, states
 from chalicelib.errors import (
     AppKeyUnknownError,
     BodyInvalidError,
@@ -26,8 +25,10 @@ from chalicelib.errors import (
     TimestampOutOfWindowError,
     ValidationError,
 )
-from chalicelib.ip_allowlist import check_source_ip
-from chalicelib.settings import load_settings
+from chalicelib.protocol import json_body, signing
+from chalicelib.protocol.credentials import parse_inbound, parse_token_keys
+from chalicelib.protocol.ip_allowlist import check_source_ip
+from chalicelib.runtime.settings import load_settings
 
 NOW = 1_764_057_600.0
 NOW_MS = 1_764_057_600_000
@@ -336,7 +337,7 @@ class FakeCallbackStore:
         self.records = []
 
     def record_callback(self, record, ttl_seconds):
-        from chalicelib.approval_store import CallbackOutcome
+        from chalicelib.approvals.store import CallbackOutcome
 
         self.records.append((record, ttl_seconds))
         return CallbackOutcome("applied", "AGREED")
@@ -375,7 +376,7 @@ def test_a_refused_callback_is_logged_with_its_call_but_no_code(logged):
         inbound.handle_callback(inbound.InboundRequest(headers(body), body),
                                 credentials=CREDENTIALS, token_keys=None,
                                 store=FakeCallbackStore(), settings=settings, clock=clock)
-    from chalicelib.logs import logger
+    from chalicelib.runtime.logs import logger
 
     logger.warning("probe")
     probe = next(line for line in logged() if line["message"] == "probe")

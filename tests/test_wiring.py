@@ -4,15 +4,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from chalicelib import aws
+from chalicelib.runtime import aws
 
 
 def test_importing_the_app_leaves_route_specific_libraries_unloaded():
     # requests (~90 ms) and pycryptodome (~50 ms) serve only the outbound routes and encryption;
     # boto3 (~190 ms) loads with the first client, not at import; the stuck-approvals search
-    # serves one scheduled function. The X-Ray SDK is never loaded (chalicelib/tracing.py).
+    # serves one scheduled function. The X-Ray SDK is never loaded (chalicelib/runtime/tracing.py).
     code = ("import sys, app; print(','.join(m for m in ('requests', 'Crypto', 'boto3', "
-            "'chalicelib.outbound', 'chalicelib.zeyi_client', 'chalicelib.stuck_approvals', "
+            "'chalicelib.approvals.outbound', 'chalicelib.protocol.zeyi_client', 'chalicelib.approvals.stuck', "
             "'aws_xray_sdk', 'wrapt') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=60).stdout.strip()

@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from chalicelib.credentials import Credential
 from chalicelib.errors import (
     ConfigError,
     UpstreamOutcomeUnknownError,
@@ -22,7 +21,8 @@ from chalicelib.errors import (
     UpstreamSystemError,
     UpstreamUnavailableError,
 )
-from chalicelib.zeyi_client import ZeyiClient
+from chalicelib.protocol.credentials import Credential
+from chalicelib.protocol.zeyi_client import ZeyiClient
 from sandbox.zeyi_protocol import Credential as ZeyiCredential
 from sandbox.zeyi_simulator import SimulatorConfig, ZeyiSimulator
 from tests.conftest import INBOUND, OUTBOUND, simulator

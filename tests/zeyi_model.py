@@ -19,7 +19,7 @@ from chalicelib.errors import (
     UpstreamSystemError,
     UpstreamUnavailableError,
 )
-from chalicelib.zeyi_client import ZeyiAnswer
+from chalicelib.protocol.zeyi_client import ZeyiAnswer
 
 PENDING, AGREED, REFUSED, TERMINATED = "PENDING", "AGREED", "REFUSED", "TERMINATED"
 DECISIONS = {"agree": AGREED, "refuse": REFUSED, "terminate": TERMINATED}

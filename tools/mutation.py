@@ -37,20 +37,21 @@ EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.txt"
 
 # Each module and the tests that pin it, fastest first (pytest stops at the first failure).
 TARGETS: dict[str, list[str]] = {
-    "signing": ["tests/test_validation_edges.py", "tests/test_protocol.py",
+    "protocol.signing": ["tests/test_validation_edges.py", "tests/test_protocol.py",
                 "tests/test_callback_route.py"],
-    "tokens": ["tests/test_tokens_and_secrets.py", "tests/test_callback_route.py"],
-    "aes": ["tests/test_protocol.py", "tests/test_tokens_and_secrets.py",
+    "protocol.tokens": ["tests/test_tokens_and_secrets.py", "tests/test_callback_route.py"],
+    "protocol.aes": ["tests/test_protocol.py", "tests/test_tokens_and_secrets.py",
             "tests/test_callback_route.py"],
-    "credentials": ["tests/test_tokens_and_secrets.py", "tests/test_callback_route.py"],
-    "payloads": ["tests/test_payloads.py", "tests/test_contract.py",
+    "protocol.credentials": ["tests/test_tokens_and_secrets.py", "tests/test_callback_route.py"],
+    "protocol.payloads": ["tests/test_payloads.py", "tests/test_contract.py",
                  "tests/test_outbound_routes.py"],
-    "json_body": ["tests/test_validation_edges.py", "tests/test_contract.py",
+    "protocol.json_body": ["tests/test_validation_edges.py", "tests/test_contract.py",
                   "tests/test_http_surface.py"],
-    "inbound": ["tests/test_validation_edges.py", "tests/test_callback_route.py",
+    "protocol.verification": ["tests/test_validation_edges.py", "tests/test_callback_route.py",
                 "tests/test_http_surface.py"],
-    "ip_allowlist": ["tests/test_validation_edges.py", "tests/test_callback_route.py"],
-    "states": ["tests/test_states.py", "tests/test_lifecycle.py", "tests/test_callback_route.py",
+    "protocol.ip_allowlist": ["tests/test_validation_edges.py", "tests/test_callback_route.py"],
+    "approvals.states": ["tests/test_states.py", "tests/test_lifecycle.py",
+                         "tests/test_callback_route.py",
                "tests/test_lifecycle_model.py"],
 }
 
@@ -253,8 +254,13 @@ class _Mutator(ast.NodeTransformer):
         return node
 
 
+def _path_of(module: str) -> Path:
+    """``protocol.signing`` is chalicelib/protocol/signing.py."""
+    return ROOT / "chalicelib" / (module.replace(".", "/") + ".py")
+
+
 def mutants_of(module: str) -> tuple[str, list[Mutant]]:
-    source = (ROOT / "chalicelib" / f"{module}.py").read_text(encoding="utf-8")
+    source = _path_of(module).read_text(encoding="utf-8")
     walker = _Mutator(None)
     walker.visit(ast.parse(source))
     seen: dict[str, int] = {}
@@ -271,7 +277,7 @@ def mutants_of(module: str) -> tuple[str, list[Mutant]]:
 def mutated_code(module: str, source: str, index: int):
     tree = _Mutator(index).visit(ast.parse(source))
     ast.fix_missing_locations(tree)
-    return compile(tree, str(ROOT / "chalicelib" / f"{module}.py"), "exec")
+    return compile(tree, str(_path_of(module)), "exec")
 
 
 class _InMemory(importlib.abc.MetaPathFinder, importlib.abc.Loader):

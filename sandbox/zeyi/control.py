@@ -3,10 +3,13 @@ inject faults, reset. Plain JSON (not Zeyi's envelope); documented in docs/sandb
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from sandbox.zeyi.rules import DECISIONS, BusinessRefusal
-from sandbox.zeyi.simulator import ZeyiSimulator
+
+if TYPE_CHECKING:  # the simulator's server calls in here: no import back at run time
+    from sandbox.zeyi.simulator import ZeyiSimulator
 
 
 def handle(simulator: ZeyiSimulator, method: str, path: str, query: dict,

@@ -3,6 +3,7 @@ faults waiting for the next calls. Plain records; the rules that change them are
 ``sandbox.zeyi.simulator``."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -83,3 +84,18 @@ class Fault:
     def to_json(self) -> dict:
         return {"path": self.path, "mode": self.mode, "count": self.remaining,
                 "seconds": self.seconds}
+
+
+def best_effort_json(raw: bytes):
+    """The body parsed for the request log only (even when the request is refused)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def code_of(entry: dict) -> str:
+    """The code a logged request was about, for a terminal line."""
+    body = entry.get("json")
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else "(no code)"

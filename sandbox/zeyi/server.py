@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sandbox.zeyi import control, inbox
-from sandbox.zeyi.model import Fault
+from sandbox.zeyi.model import Fault, best_effort_json, code_of
 from sandbox.zeyi.rules import CANCEL_PATH, MAX_BODY_BYTES, SEND_PATH, envelope
-from sandbox.zeyi.simulator import ZeyiSimulator, best_effort_json, code_of
+
+if TYPE_CHECKING:  # the simulator builds its server: no import back at run time
+    from sandbox.zeyi.simulator import ZeyiSimulator
 
 JSON_TYPE = "application/json;charset=utf-8"
 TRICKLE_CHUNK_BYTES = 8

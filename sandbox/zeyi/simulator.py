@@ -4,7 +4,6 @@ inbox page read. HTTP lives in ``sandbox.zeyi.server``."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import sys
 import threading
 import time
@@ -14,7 +13,15 @@ from collections import deque
 from sandbox.terminal import say
 from sandbox.zeyi.callbacks import CallbackSender
 from sandbox.zeyi.config import SimulatorConfig
-from sandbox.zeyi.model import FAULT_MODES, Approval, Delivery, Fault, now_ms
+from sandbox.zeyi.model import (
+    FAULT_MODES,
+    Approval,
+    Delivery,
+    Fault,
+    best_effort_json,
+    code_of,
+    now_ms,
+)
 from sandbox.zeyi.rules import (
     ACTIVE,
     CANCEL_PATH,
@@ -30,23 +37,9 @@ from sandbox.zeyi.rules import (
     validate_cancel,
     validate_send,
 )
+from sandbox.zeyi.server import make_server
 from sandbox.zeyi_protocol import ProtocolError, parse_json_object, unseal
 from sandbox.zeyi_protocol import check_headers as check_security_headers
-
-
-def best_effort_json(raw: bytes):
-    """The body parsed for the request log only (even when the request is refused)."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def code_of(entry: dict) -> str:
-    """The code a logged request was about, for a terminal line."""
-    body = entry.get("json")
-    code = body.get("code") if isinstance(body, dict) else None
-    return code if isinstance(code, str) else "(no code)"
 
 
 class ZeyiSimulator:
@@ -98,8 +91,6 @@ class ZeyiSimulator:
         return f"http://{self.config.host}:{self.port}"
 
     def bind(self) -> ZeyiSimulator:
-        from sandbox.zeyi.server import make_server
-
         self._server = make_server(self)
         return self
 

@@ -11,7 +11,7 @@ import time
 def subscribe(stack, name: str) -> str:
     """A queue of its own, and a rule sending it every approval event of the sandbox's bus, as an
     internal app sets up; its URL."""
-    from chalicelib.events import SOURCE
+    from chalicelib.approvals.events import SOURCE
 
     sqs, bridge = stack.aws_client("sqs"), stack.aws_client("events")
     bus = stack.stage_environment()["EVENT_BUS_NAME"]

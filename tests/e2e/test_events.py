@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from chalicelib import events
+from chalicelib.approvals import events
 from sandbox.stack import PROJECT_DIR, REGION
 from tests.e2e.client import Sandbox
 from tests.events_support import assert_valid, summary

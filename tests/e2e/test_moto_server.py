@@ -10,7 +10,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib.tables import approvals_table_definition, nonces_table_definition
+from chalicelib.runtime.tables import approvals_table_definition, nonces_table_definition
 from sandbox.stack import ManagedProcess, free_port
 
 

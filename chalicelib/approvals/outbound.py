@@ -16,7 +16,7 @@ This module must stay cheap to import: ``requests`` is imported by the Zeyi clie
 """
 from __future__ import annotations
 
-from chalicelib import envelope, payloads, states
+from chalicelib.approvals import states
 from chalicelib.errors import (
     ApprovalNotCancellableError,
     ApprovalNotFoundError,
@@ -24,7 +24,8 @@ from chalicelib.errors import (
     ServiceUnavailableError,
     UpstreamOutcomeUnknownError,
 )
-from chalicelib.logs import logger
+from chalicelib.protocol import envelope, payloads
+from chalicelib.runtime.logs import logger
 
 # What an attempt keeps of Zeyi's answer: its raw text, cut here (a marker says so).
 ANSWER_KEEP_CHARS = 4000

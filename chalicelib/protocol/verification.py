@@ -1,10 +1,7 @@
-"""Everything Zeyi calls: the access-token endpoint and the approval callback.
-
-Checks run in protocol.md's order, each with its own error: appKey known → timestamp format and
-window → nonce format → sign → nonce unseen → token → body. A failed request changes nothing. So
-that a failed check never burns a nonce, the nonce is stored in the same write as the callback
-itself (one DynamoDB round trip): a replay is therefore reported after token and body checks,
-which a replay of a genuine call passes anyway.
+"""The checks of every call Zeyi makes, in protocol.md's order, each with its own error:
+appKey known → timestamp format and window → nonce format → sign; then the callback body, field
+by field. Pure: what a check needs is passed in, nothing is stored here (the nonce is stored by
+the use case, in the same write as what the call does: chalicelib.approvals.inbound).
 """
 from __future__ import annotations
 
@@ -12,18 +9,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chalicelib import json_body, signing, tokens
-from chalicelib.approval_store import CallbackOutcome, CallbackRecord, DynamoDBApprovalStore
-from chalicelib.credentials import Credential, InboundCredentials, TokenKeys
 from chalicelib.errors import (
     AppKeyUnknownError,
     BodyInvalidError,
     BodyTooLargeError,
     HeaderMissingError,
 )
-from chalicelib.logs import logger
-from chalicelib.payloads import LOOKUP_CODE_MAX_CHARS
-from chalicelib.settings import Settings
+from chalicelib.protocol import json_body, signing
+from chalicelib.protocol.credentials import Credential, InboundCredentials
+from chalicelib.protocol.payloads import LOOKUP_CODE_MAX_CHARS
 
 MAX_BODY_BYTES = 256 * 1024
 _CALLBACK_TYPES = ("finish", "terminate")
@@ -80,68 +74,13 @@ def verify_signature(request: InboundRequest, credentials: InboundCredentials, *
     return VerifiedCall(credential, timestamp, nonce)
 
 
-def issue_access_token(request: InboundRequest, *, credentials: InboundCredentials,
-                       token_keys: TokenKeys, store: DynamoDBApprovalStore, settings: Settings,
-                       clock=time.time) -> dict:
-    """Answer POST /auth/token: a signed, never-replayed call gets a token bound to its appKey.
-
-    Raises the GatewayError of the first failed check.
-    """
-    call = verify_signature(request, credentials, skew_seconds=settings.timestamp_skew_seconds,
-                            clock=clock)
-    logger.append_keys(appKey=call.credential.app_key, nonce=call.nonce)
-    if request.body.strip():
-        _parse_json_object(strict_utf8(request.body))
-    store.use_nonce(call.credential.app_key, call.nonce, settings.nonce_ttl_seconds)
-    logger.info("access token issued")
-    return {
-        "accessToken": tokens.issue_token(token_keys, call.credential.app_key,
-                                          settings.token_ttl_seconds, clock=clock),
-        "tokenType": tokens.TOKEN_TYPE,
-        "expiresIn": settings.token_ttl_seconds,
-    }
-
-
-def handle_callback(request: InboundRequest, *, credentials: InboundCredentials,
-                    token_keys: TokenKeys | None, store: DynamoDBApprovalStore,
-                    settings: Settings, clock=time.time) -> CallbackOutcome:
-    """Verify, record and apply one approval callback, exactly once.
-
-    Raises the GatewayError of the first failed check; nothing is stored then.
-    """
-    call = verify_signature(request, credentials, skew_seconds=settings.timestamp_skew_seconds,
-                            clock=clock)
-    # From here on every log line of this request, refusals included, names the call.
-    logger.append_keys(appKey=call.credential.app_key, nonce=call.nonce)
-    if settings.callback_require_token:
-        tokens.verify_authorization(token_keys, request.optional_header("Authorization"),
-                                    call.credential.app_key, clock=clock)
-    if settings.callback_encrypted:
-        # The sign covered the Base64 text: only now, authenticated, is it decrypted.
-        text = call.credential.codec().open(call.credential.app_key, call.timestamp, call.nonce,
-                                            request.body)
-    else:
-        text = strict_utf8(request.body)
-    body = parse_callback(text)
-    logger.append_keys(code=body["code"], businessId=body["businessId"])
-    record = CallbackRecord(
-        code=body["code"], business_id=body["businessId"], type=body["type"],
-        result=body.get("result") or None,
-        audit_type=body.get("auditType"), audit_user=body.get("auditUser"),
-        remark=body.get("remark"), body=text, app_key=call.credential.app_key, nonce=call.nonce)
-    outcome = store.record_callback(record, settings.nonce_ttl_seconds)
-    logger.info(f"callback {outcome.disposition}",
-                extra={"type": record.type, "result": record.result, "status": outcome.status})
-    return outcome
-
-
 def strict_utf8(raw: bytes) -> str:
     """Raises BodyInvalidError for anything but strict UTF-8 (the md5 padding's 0x80 is not)."""
     return json_body.decode_utf8(raw, error=BodyInvalidError)
 
 
-def _parse_json_object(text: str) -> dict:
-    """Raises BodyInvalidError unless ``text`` is one strict JSON object (chalicelib.json_body)."""
+def parse_json_object(text: str) -> dict:
+    """Raises BodyInvalidError unless ``text`` is one strict JSON object (json_body)."""
     return json_body.parse_object(text, error=BodyInvalidError)
 
 
@@ -150,7 +89,7 @@ def parse_callback(text: str) -> dict:
 
     Raises BodyInvalidError naming every bad field.
     """
-    body = _parse_json_object(text)
+    body = parse_json_object(text)
     problems = []
     for name in _REQUIRED_TEXT:
         value = body.get(name)

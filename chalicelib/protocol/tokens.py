@@ -16,8 +16,8 @@ import re
 import secrets
 import time
 
-from chalicelib.credentials import TokenKeys
 from chalicelib.errors import TokenInvalidError
+from chalicelib.protocol.credentials import TokenKeys
 
 TOKEN_TYPE = "Bearer"  # noqa: S105 - the OAuth2 token type, not a secret
 _VERSION = "v1"

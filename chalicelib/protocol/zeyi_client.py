@@ -28,7 +28,7 @@ that cannot be told apart from a lost answer, and would leave the approval in do
 
 Each call is timed (the ``ZeyiLatency`` metric, by operation), logged once with its outcome
 (the request's log keys, its correlation id among them, come with it) and traced as an X-Ray
-subsegment (chalicelib.tracing).
+subsegment (chalicelib.runtime.tracing).
 
 ``requests`` is imported by the constructor, so only the routes that call Zeyi pay its import.
 """
@@ -42,8 +42,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chalicelib import envelope, metrics, signing, telemetry, tracing
-from chalicelib.credentials import Credential
 from chalicelib.errors import (
     ConfigError,
     GatewayError,
@@ -52,8 +50,11 @@ from chalicelib.errors import (
     UpstreamSystemError,
     UpstreamUnavailableError,
 )
-from chalicelib.logs import logger
-from chalicelib.payloads import to_wire
+from chalicelib.protocol import envelope, signing
+from chalicelib.protocol.credentials import Credential
+from chalicelib.protocol.payloads import to_wire
+from chalicelib.runtime import metrics, telemetry, tracing
+from chalicelib.runtime.logs import logger
 
 SEND_PATH = "/tms-service-api/audit/send"
 CANCEL_PATH = "/tms-service-api/audit/cancel"

@@ -2,7 +2,7 @@
 
 ``begin`` opens the scope of one invocation (an HTTP request or a Lambda function's call): every
 log line from then on carries the function, the Lambda request id, API Gateway's request id and
-the correlation id (chalicelib.correlation); the code is added by whoever learns it. Metrics
+the correlation id (chalicelib.runtime.correlation); the code is added by whoever learns it. Metrics
 recorded during the invocation are written together by ``end``, after the answer is built: on
 the request path they cost a list append. A failure to write them is logged, never raised.
 
@@ -14,7 +14,6 @@ import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from chalicelib import correlation, metrics, tracing
 from chalicelib.errors import (
     GatewayError,
     UpstreamOutcomeUnknownError,
@@ -22,7 +21,8 @@ from chalicelib.errors import (
     UpstreamSystemError,
     UpstreamUnavailableError,
 )
-from chalicelib.logs import logger
+from chalicelib.runtime import correlation, metrics, tracing
+from chalicelib.runtime.logs import logger
 
 # Zeyi's own errorCodes are Zeyi's to choose: as a metric dimension each would make a metric.
 UPSTREAM_REJECTED = "UPSTREAM_REJECTED"

@@ -24,7 +24,7 @@ batch's coordinates to the stage's dead-letter queue (``python -m ops events rep
 A record that cannot become an event at all is reported the same way and never blocks the
 records around it: their events are published regardless.
 
-Cheap to import (no boto3): the function's client comes from ``chalicelib.aws``.
+Cheap to import (no boto3): the function's client comes from ``chalicelib.runtime.aws``.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from chalicelib import states
-from chalicelib.logs import logger
+from chalicelib.approvals import states
+from chalicelib.runtime.logs import logger
 
 SOURCE = "jinrun.approval-gateway"
 SCHEMA_VERSION = "1"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from chalicelib.aes import AesCodec, check_key_material
 from chalicelib.errors import ConfigError
+from chalicelib.protocol.aes import AesCodec, check_key_material
 
 TOKEN_KEY_MIN_BYTES = 32
 

@@ -23,10 +23,10 @@ import re
 from urllib.parse import urlsplit
 
 from chalicelib.errors import BodyTooLargeError, ValidationError
-from chalicelib.json_body import field_label
+from chalicelib.protocol.json_body import field_label
 
 CODE_MAX_CHARS = 64
-LOOKUP_CODE_MAX_CHARS = 128  # what a callback may carry (chalicelib.inbound)
+LOOKUP_CODE_MAX_CHARS = 128  # what a callback may carry (chalicelib.protocol.verification)
 TEXT_MAX_CHARS = 2_000
 VALUE_MAX_CHARS = 10_000
 LIST_MAX_ITEMS = 100

@@ -31,8 +31,8 @@ STUCK_PENDING_SECONDS = "STUCK_PENDING_SECONDS"
 ALLOWED_SOURCE_IPS = "ALLOWED_SOURCE_IPS"
 AWS_CONNECT_TIMEOUT_SECONDS = "AWS_CONNECT_TIMEOUT_SECONDS"
 AWS_READ_TIMEOUT_SECONDS = "AWS_READ_TIMEOUT_SECONDS"
-# Approval events (chalicelib.events): the stage's EventBridge bus, and the approvals table's
-# stream the publishing function reads.
+# Approval events (chalicelib.approvals.events): the stage's EventBridge bus, and the approvals
+# table's stream the publishing function reads.
 EVENT_BUS_NAME = "EVENT_BUS_NAME"
 APPROVALS_STREAM_ARN = "APPROVALS_STREAM_ARN"
 # Chalice imports app.py with the stage's environment variables set (for `chalice deploy` and
@@ -130,7 +130,7 @@ def load_settings() -> Settings:
         secrets_cache_seconds=_number(SECRETS_CACHE_SECONDS, 300, int),
         submit_lease_seconds=_number(SUBMIT_LEASE_SECONDS, 120, int),
         cancel_lease_seconds=_number(CANCEL_LEASE_SECONDS, 600, int),
-        # A PENDING approval older than this is reported stuck (chalicelib.stuck_approvals).
+        # A PENDING approval older than this is reported stuck (chalicelib.approvals.stuck).
         stuck_pending_seconds=_number(STUCK_PENDING_SECONDS, 7 * 24 * 3600, int),
         allowed_source_ips=ips,
         aws_connect_timeout_seconds=_number(AWS_CONNECT_TIMEOUT_SECONDS, 1.0),

@@ -9,23 +9,24 @@ Stuck means open for longer than anything but a lost message explains:
 - PENDING for longer than ``STUCK_PENDING_SECONDS`` (7 days unless the stage says otherwise): an
   approver has not decided, or Zeyi's callback was lost.
 
-Each status is one Query of the sparse open-approvals index (``store.open_approvals``, oldest
-first, bounded by the time the approval entered the status); a leased status is then checked
-against the HEAD's own ``leaseExpiresAt``, which the lease setting of its day fixed. For each
-stuck approval ``run`` writes one warning log line and calls each of its ``notify`` callables;
-``run_and_announce`` (the scheduled function) also puts an "Approval Stuck" event per code on
-the stage's bus (chalicelib.events.stuck_event); per status it counts the ``StuckApprovals`` metric,
-zero included, so that the alarm sees the search ran. docs/operations.md says what an operator
-does with a stuck approval (`python -m ops approvals list` / `resolve`).
+Each status is one Query of the sparse open-approvals index (``store.open_approvals``, oldest first,
+bounded by the time the approval entered the status); a leased status is then checked against the
+HEAD's own ``leaseExpiresAt``, which the lease setting of its day fixed. For each stuck approval
+``run`` writes one warning log line and calls each of its ``notify`` callables; ``run_and_announce``
+(the scheduled function) also puts an "Approval Stuck" event per code on the stage's bus
+(chalicelib.approvals.events.stuck_event); per status it counts the ``StuckApprovals`` metric, zero
+included, so that the alarm sees the search ran. docs/operations.md says what an operator does with
+a stuck approval (`python -m ops approvals list` / `resolve`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from chalicelib import metrics, states, telemetry
-from chalicelib.logs import logger
-from chalicelib.settings import Settings
+from chalicelib.approvals import states
+from chalicelib.runtime import metrics, telemetry
+from chalicelib.runtime.logs import logger
+from chalicelib.runtime.settings import Settings
 
 # At most this many per status and run: each gets a log line; the metric says "at least" then.
 MAX_PER_STATUS = 500
@@ -110,7 +111,7 @@ def run_and_announce(store, *, settings: Settings, now_ms: int, events_client) -
     something to announce). An event PutEvents still refuses after ``events.publish``'s own
     retries is logged and counted, not raised: the next run, 5 minutes on, announces the
     approval again."""
-    from chalicelib import events
+    from chalicelib.approvals import events
 
     found: list[StuckApproval] = []
     counts = run(store, settings=settings, now_ms=now_ms, notify=[found.append])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from chalicelib.settings import load_settings
+from chalicelib.runtime.settings import load_settings
 
 _clients: dict[str, object] = {}
 _lock = threading.Lock()
