@@ -360,6 +360,18 @@ def test_a_decision_calls_the_gateway_back_like_zeyi(make_simulator, gateway):
         "remark": "同意 <ok> & 'fine' = yes"}
 
 
+def test_legacy_sign_leaves_the_body_out_like_zeyi_sdk_1_0_0(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url, legacy_sign=True)
+    call(simulator.url, SEND, send_body())
+    control(simulator, "POST", "approvals/HT-1/agree")
+    assert control(simulator, "GET", "approvals/HT-1?waitSeconds=10").json()["settled"] is True
+    token_request, callback = gateway.received
+    for request in (token_request, callback):
+        headers = request["headers"]
+        assert request["raw"]  # there was a body, and the sign does not cover it
+        assert headers["sign"] == md5_sign(IN, headers["timestamp"], headers["nonce"], b"")
+
+
 def test_refuse_terminate_and_cancel_callbacks(make_simulator, gateway):
     simulator = make_simulator(gateway_url=gateway.url)
     for code in ("C-R", "C-T", "C-C"):
