@@ -793,6 +793,23 @@ def test_the_inbox_page_is_served_at_the_root(make_simulator):
     assert "innerHTML" not in page  # every value is set as text
 
 
+def test_the_inbox_explains_every_gateway_status_and_callback_disposition_in_words():
+    """The page's wording table (one line per name) keeps up with the gateway's states."""
+    import re
+
+    from chalicelib.approvals import states
+    from sandbox.zeyi.inbox import PAGE_PATH
+
+    page = PAGE_PATH.read_text(encoding="utf-8")
+    table = json.loads(re.search(r'<script type="application/json" id="wording">(.*?)</script>',
+                                 page, re.S).group(1))
+    assert set(table["statuses"]) == set(states.STATUSES)
+    assert set(table["dispositions"]) == {states.APPLIED, states.DUPLICATE, states.IGNORED,
+                                          states.LATE, states.UNKNOWN_INSTANCE}
+    for words in [*table["statuses"].values(), *table["dispositions"].values()]:
+        assert len(words.split()) >= 3  # words, not a restated name
+
+
 def test_the_inbox_reads_the_gateways_view_through_the_simulator(make_simulator, gateway):
     simulator = make_simulator(gateway_url=gateway.url)
     view = requests.get(simulator.url + "/_inbox/gateway/HT%2F1%20x", timeout=10).json()
