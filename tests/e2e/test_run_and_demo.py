@@ -306,6 +306,34 @@ def test_make_demo_runs_every_flow(stack):
         assert f"✓ events: {events}\n" in result.stdout
     assert re.search(r"#3 Approval Agreed +PENDING → AGREED  eventId [0-9a-f]{8}…  王经理: demo: agree",
                      result.stdout)
+    # What a person needs: one line per call, short codes, and the cancel's lines in the order
+    # things happened; the raw envelopes only when asked for.
+    assert '"businessException"' not in result.stdout
+    for clumsy in ("try(ies)", "attempt(s)", "callback(s)", "terminate/-"):
+        assert clumsy not in result.stdout
+    codes = set(re.findall(r"DEMO-[^ ,:]+", result.stdout))
+    assert len(codes) == 4 and max(map(len, codes)) <= 15, codes
+    lines = result.stdout.splitlines()
+    cancel = next(code for code in codes if code.endswith("-C"))
+
+    def first(*words: str) -> int:
+        return next(i for i, line in enumerate(lines) if all(word in line for word in words))
+
+    assert (first(f"POST /audit/cancel {cancel}", "→ 200 CANCELLING")
+            < first("✓ Zeyi accepted the cancel")
+            < first("Zeyi calls back: terminate", "→ delivered after 1 try;", "TERMINATED applied")
+            < first(f"GET /audit/{cancel}", "→ 200 TERMINATED")
+            < first("✓ TERMINATED after the terminate callback"))
+
+    raw = subprocess.run(
+        [sys.executable, "-m", "sandbox.demo", "--raw"], cwd=PROJECT_DIR, capture_output=True,
+        text=True, timeout=180,
+        env=_env({"SANDBOX_GATEWAY_PORT": stack.gateway_port,
+                  "SANDBOX_ZEYI_PORT": stack.zeyi_port, "SANDBOX_AWS_PORT": stack.aws_port}))
+    assert raw.returncode == 0, raw.stdout + raw.stderr
+    lines = raw.stdout.splitlines()
+    sent = next(i for i, line in enumerate(lines) if "POST /audit/send" in line)
+    assert json.loads(lines[sent + 1])["result"]["status"] == "PENDING"  # the envelope, verbatim
 
 
 @pytest.mark.timeout(120)
