@@ -158,6 +158,15 @@ def test_an_ended_approval_can_be_revoked_from_the_inbox(sandbox: Sandbox, stack
     record = json.loads(raw.find_element(By.CSS_SELECTOR, ".json").text)
     assert record == sandbox.get(code)
 
+    # Sent again: the view is of the new attempt, and the old callbacks say whose they were.
+    assert sandbox.send(code, contract(code)).status_code == 200
+    wait(browser, lambda: text_in(browser, code, ".gateway .attempt").startswith("attempt 2 of 2"),
+         "the second attempt")
+    assert text_in(browser, code, ".gateway-status") == "PENDING"
+    assert all(item.text.split("\n")[0].endswith("(attempt 1)") for item in card_of(
+        browser, code).find_elements(By.CSS_SELECTOR, ".gateway-callbacks li"))
+    sandbox.decide(code, "refuse")
+
 
 @pytest.mark.timeout(120)
 def test_the_empty_page_hint_comes_back_once_nothing_is_pending(browser):
