@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the Python packages of requirements-dev.txt into $(VENV): about 40 s the first"
+	@echo "time (pip prints nothing meanwhile); again only when a requirements file changes."
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@echo "Installed."
 	@touch $(STAMP)
 
 run: $(STAMP)
