@@ -58,11 +58,15 @@ KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "e
 # authorised when it is used, as the action it presigns (a presigned POST is s3:PutObject).
 # botocore emits a presigned POST's parameters under the CreateBucket operation model (no code
 # path creates a bucket: the scanner would find create_bucket).
-S3_ACTIONS = {"HeadObject": "GetObject", "generate_presigned_post": "PutObject",
-              "CreateBucket": "PutObject"}
+# A POST carrying a tagging field also needs s3:PutObjectTagging.
+S3_ACTIONS = {"HeadObject": ("GetObject",), "GetObject": ("GetObject",),
+              "PutObjectTagging": ("PutObjectTagging",),
+              "generate_presigned_post": ("PutObject", "PutObjectTagging"),
+              "CreateBucket": ("PutObject", "PutObjectTagging")}
 # The attachments bucket's objects each action is granted on (docs/operations.md): uploads land
 # under uploads/, reads cover every object a send may name.
-S3_SCOPES = {"s3:GetObject": "/*", "s3:PutObject": "/uploads/*"}
+S3_SCOPES = {"s3:GetObject": "/*", "s3:PutObject": "/uploads/*",
+             "s3:PutObjectTagging": "/uploads/*"}
 # IAM prefixes that only the Lambda service uses with a function's role, never the code: an
 # event source mapping's on-failure destination (the approval events' dead-letter queue).
 SERVICE_ONLY_PREFIXES = {"sqs"}
@@ -277,11 +281,11 @@ class CallGraph:
                 elif operation == "TransactGetItems":
                     actions.add(f"{prefix}:GetItem")
                 elif service == "s3":
-                    actions.add(f"{prefix}:{S3_ACTIONS.get(operation, operation)}")
+                    actions |= {f"{prefix}:{name}" for name in S3_ACTIONS[operation]}
                 else:
                     actions.add(f"{prefix}:{operation}")
         if "s3" in services and "generate_presigned_post" in names:
-            actions.add(f"s3:{S3_ACTIONS['generate_presigned_post']}")
+            actions |= {f"s3:{name}" for name in S3_ACTIONS["generate_presigned_post"]}
         return Reach(frozenset(seen), frozenset(services), frozenset(actions))
 
 
@@ -361,9 +365,9 @@ def _recorded(model, params) -> set[tuple[str, str]]:
     if service == "secretsmanager":
         return {(f"{prefix}:{operation}", _setting_of(params["SecretId"]))}
     if service == "s3":
-        action = f"{prefix}:{S3_ACTIONS.get(operation, operation)}"
         assert params["Bucket"] == os.environ[settings.ATTACHMENTS_BUCKET], params["Bucket"]
-        return {(action, settings.ATTACHMENTS_BUCKET + S3_SCOPES[action])}
+        return {(f"{prefix}:{name}", settings.ATTACHMENTS_BUCKET + S3_SCOPES[f"{prefix}:{name}"])
+                for name in S3_ACTIONS[operation]}
     if service == "events":
         return {(f"{prefix}:{operation}", _setting_of(entry.get("EventBusName", "default")))
                 for entry in params["Entries"]}

@@ -96,6 +96,9 @@ def test_upload_answers_a_policy_that_pins_key_size_type_and_name(gateway, s3_en
     assert {"key": f"uploads/{result['fileId']}"} in conditions
     assert {"bucket": BUCKET} in conditions
     assert {"x-amz-meta-filename": file_links.metadata_name(NAME)} in conditions
+    # Tagged unused: the bucket's lifecycle expires it within days unless a send links it.
+    assert {"tagging": fields["tagging"]} in conditions
+    assert "<Key>jinrun-state</Key><Value>unused</Value>" in fields["tagging"]
     expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert 0 < expires.timestamp() - time.time() <= 900
 
@@ -141,6 +144,9 @@ def test_a_file_id_reaches_zeyi_as_a_stable_link_that_gives_the_exact_file(gatew
     # The attempt keeps what the app sent, not the link.
     record = json.loads(gateway.http.get("/audit/FILE-1").body)["result"]
     assert record["attempts"][0]["request"]["auditFormList"][1]["value"] == file_id
+    # Linked in a send: kept for the stage's retention, not expired as an unused upload.
+    tags = aws.client("s3").get_object_tagging(Bucket=BUCKET, Key=f"uploads/{file_id}")
+    assert tags["TagSet"] == [{"Key": "jinrun-state", "Value": "sent"}]
 
     response = click(gateway, token)
     assert response.status_code == 302

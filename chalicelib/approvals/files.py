@@ -30,6 +30,12 @@ from chalicelib.runtime.logs import logger
 FILE_NAME_MAX_CHARS = 255
 NAME_METADATA = "filename"  # x-amz-meta-filename: the name, percent-encoded UTF-8
 UPLOAD_FIELDS = ("fileName", "contentType", "size")
+# The attachments bucket's lifecycle (infra/resources.yaml) tells uploads never used in a send
+# (expired within days) from files a send linked (kept for the stage's retention) by this tag.
+STATE_TAG = "jinrun-state"
+UNUSED, SENT = "unused", "sent"
+_UNUSED_TAGGING = (f"<Tagging><TagSet><Tag><Key>{STATE_TAG}</Key><Value>{UNUSED}</Value></Tag>"
+                   "</TagSet></Tagging>")
 
 
 class LinkRefused(Exception):  # noqa: N818 - a verdict shown to a person as a page
@@ -70,10 +76,11 @@ def request_upload(payload: object, *, s3, settings) -> dict:
     file_id = f"file-{secrets.token_hex(16)}"
     key = file_links.upload_key(file_id)
     stored_name = file_links.metadata_name(name)
-    fields = {"Content-Type": content_type, f"x-amz-meta-{NAME_METADATA}": stored_name}
-    # The policy S3 enforces on the POST: this key, exactly this size, this type and name.
+    fields = {"Content-Type": content_type, f"x-amz-meta-{NAME_METADATA}": stored_name,
+              "tagging": _UNUSED_TAGGING}
+    # The policy S3 enforces on the POST: this key, exactly this size, this type, name and tag.
     conditions = [["content-length-range", size, size], {"Content-Type": content_type},
-                  {f"x-amz-meta-{NAME_METADATA}": stored_name}]
+                  {f"x-amz-meta-{NAME_METADATA}": stored_name}, {"tagging": _UNUSED_TAGGING}]
     post = _s3_call(lambda: s3.generate_presigned_post(
         settings.attachments_bucket, key, Fields=fields, Conditions=conditions,
         ExpiresIn=settings.files_upload_seconds))
@@ -158,10 +165,27 @@ class FileLinks:
         if refs and not settings.public_base_url:
             raise ConfigError("setting PUBLIC_BASE_URL is not set: the gateway cannot link the"
                               " files of this send")
+        for ref in refs.values():
+            self._mark_sent(ref)
         return PreparedFiles(body=body, refs=refs,
                              token_keys=self._token_keys() if refs else None,
                              public_base_url=settings.public_base_url,
                              now_ms=int(now_s * 1000))
+
+    def _mark_sent(self, ref: ObjectRef) -> None:
+        """Keep an upload for the stage's retention, not as an unused one. Before the claim: a
+        send that then fails keeps its file longer, never the reverse."""
+        if ref.bucket != self._settings.attachments_bucket or not ref.key.startswith(
+                file_links.UPLOAD_PREFIX):
+            return  # not the gateway's upload: its owner's lifecycle applies
+        try:
+            _s3_call(lambda: self._s3().put_object_tagging(
+                Bucket=ref.bucket, Key=ref.key,
+                Tagging={"TagSet": [{"Key": STATE_TAG, "Value": SENT}]}))
+        except ServiceUnavailableError:
+            # The link still works; the file is only at risk of the unused-upload expiry,
+            # which the log line lets an operator prevent.
+            logger.exception("upload not tagged as sent", extra={"key": ref.key})
 
     def _object(self, bucket: str, key: str, label: str, problems: list[str], *,
                 what: str) -> ObjectRef | None:
@@ -170,13 +194,12 @@ class FileLinks:
         try:
             head = _s3_call(lambda: self._s3().head_object(Bucket=bucket, Key=key),
                             refusals=True)
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 404:
-                problems.append(f"{label} names {what}, but no such file is stored (upload it"
-                                " first, with the form POST /files answered)")
-            else:
-                problems.append(f"{label} names {what}, which the gateway may not read")
+        except ClientError:
+            # Without s3:ListBucket (which the roles do not have) S3 answers 403 for a missing
+            # key too: both mean there is nothing the gateway can link.
+            problems.append(f"{label} names {what}, but no such file is stored where the"
+                            " gateway may read it (upload it first, with the form POST /files"
+                            " answered)")
             return None
         named = unquote(head.get("Metadata", {}).get(NAME_METADATA, ""))
         return ObjectRef(bucket=bucket, key=key,
