@@ -103,6 +103,34 @@ def test_upload_answers_a_policy_that_pins_key_size_type_and_name(gateway, s3_en
     assert 0 < expires.timestamp() - time.time() <= 900
 
 
+def test_s3_refuses_an_upload_of_another_size_or_type_than_the_policy_pins(gateway, s3_env):
+    """Against moto server, which enforces a POST's policy through sandbox.s3_post_policy (moto
+    alone would store anything: docs/operations.md, section 14)."""
+    status, answer = post(gateway, "/files", {"fileName": NAME, "contentType": "application/pdf",
+                                              "size": len(PDF)})
+    form = answer["result"]["upload"]
+    file_id = answer["result"]["fileId"]
+
+    def send(fields, data):
+        return requests.post(form["url"], data=fields, files={"file": (NAME, data)}, timeout=10)
+
+    bigger = send(form["fields"], PDF + b"x")
+    assert bigger.status_code == 400 and "<Code>EntityTooLarge</Code>" in bigger.text
+    smaller = send(form["fields"], PDF[:-1])
+    assert smaller.status_code == 400 and "<Code>EntityTooSmall</Code>" in smaller.text
+    html = send({**form["fields"], "Content-Type": "text/html"}, PDF)
+    assert html.status_code == 403 and "Policy Condition failed" in html.text
+    elsewhere = send({**form["fields"], "key": "uploads/file-" + "f" * 32}, PDF)
+    assert elsewhere.status_code == 403
+    s3 = aws.client("s3")
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0  # nothing was stored
+    assert send(form["fields"], PDF).status_code == 204
+    stored = s3.head_object(Bucket=BUCKET, Key=f"uploads/{file_id}")
+    assert (stored["ContentType"], stored["ContentLength"]) == ("application/pdf", len(PDF))
+    assert s3.get_object_tagging(Bucket=BUCKET, Key=f"uploads/{file_id}")["TagSet"] == [
+        {"Key": "jinrun-state", "Value": "unused"}]
+
+
 UPLOAD_REFUSALS = [
     ({"fileName": "a.exe", "contentType": "application/x-msdownload", "size": 10},
      "contentType must be one of"),
