@@ -64,8 +64,10 @@ def stage_bucket(stage) -> tuple[str, int]:
 
 
 def reconcile_attachments_bucket(s3, bucket: str, *, region: str, tags: dict[str, str],
-                                 retention_days: int) -> list[str]:
-    """Create the attachments bucket, or complete it; returns what changed."""
+                                 retention_days: int, tls_only: bool = True) -> list[str]:
+    """Create the attachments bucket, or complete it; returns what changed. ``tls_only=False``
+    only for the sandbox, whose moto server speaks plain HTTP on loopback and enforces the
+    TLS-only policy on reads as S3 would."""
     retention = retention_days
     partition = "aws-cn" if region.startswith("cn-") else "aws"
     changes: list[str] = []
@@ -95,7 +97,7 @@ def reconcile_attachments_bucket(s3, bucket: str, *, region: str, tags: dict[str
         changes.append(f"{where}: encrypted at rest (SSE-S3)")
     wanted = tls_only_policy(bucket, partition)
     policy = _current(lambda: s3.get_bucket_policy(Bucket=bucket), {"NoSuchBucketPolicy"})
-    if policy is None or json.loads(policy["Policy"]) != wanted:
+    if tls_only and (policy is None or json.loads(policy["Policy"]) != wanted):
         s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(wanted))
         changes.append(f"{where}: refuses every request not made over TLS")
     rules = _current(lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket),

@@ -396,7 +396,8 @@ class SandboxStack:
 
         lines += reconcile_attachments_bucket(
             self.aws_client("s3"), env["ATTACHMENTS_BUCKET"], region=REGION,
-            tags={"app": "jinrun-approval-gateway", "stage": STAGE}, retention_days=90)
+            tags={"app": "jinrun-approval-gateway", "stage": STAGE}, retention_days=90,
+            tls_only=False)  # moto server is plain HTTP here, and denies reads under that policy
         return lines
 
     def subscribe_internal_app(self, bus: str) -> str:
