@@ -306,6 +306,7 @@ def test_make_demo_runs_every_flow(stack):
         assert f"✓ events: {events}\n" in result.stdout
     assert re.search(r"#3 Approval Agreed +PENDING → AGREED  eventId [0-9a-f]{8}…  王经理: demo: agree",
                      result.stdout)
+    assert "✓ the exact bytes, under the Chinese name\n" in result.stdout
 
 
 @pytest.mark.timeout(120)
