@@ -371,7 +371,8 @@ def file_link_route(token):
         return _page(503)
     return Response(body="", status_code=302,
                     headers={"Location": location, "Cache-Control": "no-store",
-                             "Referrer-Policy": "no-referrer"})
+                             "Referrer-Policy": "no-referrer",
+                             "Content-Type": "text/plain;charset=utf-8"})
 
 
 @app.route("/files/{token}", methods=_other_methods("GET"), content_types=ANY_CONTENT_TYPE)
