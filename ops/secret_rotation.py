@@ -314,8 +314,8 @@ def rotate_token_key(secrets_client, secret_id: str, *, cache_seconds: int, ttl_
         put([keys[1], keys[0]], KEY_PROMOTED)
         due = now + ttl_seconds + cache_seconds
         return ["step 2 of 3: the new key signs every new token now",
-                f"run this again after {_when(due)} (token TTL {ttl_seconds} s + cache "
-                f"{cache_seconds} s) to retire the old key"]
+                f"run this again after {_when(due)} (tokens and file links valid {ttl_seconds} s"
+                f" + cache {cache_seconds} s) to retire the old key"]
     if KEY_PROMOTED in labels and len(keys) == 2:
         due = since + ttl_seconds + cache_seconds
         if now < due:
