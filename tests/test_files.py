@@ -162,7 +162,7 @@ def test_the_stage_limits_are_settings(gateway, s3_env, monkeypatch):
 
 
 def test_a_file_id_reaches_zeyi_as_a_stable_link_that_gives_the_exact_file(gateway, s3_env,
-                                                                            zeyi):
+                                                                            zeyi, logs):
     file_id = upload(gateway)
     status, answer = post(gateway, "/audit/send", file_send("FILE-1", file_id))
     assert status == 200, answer
@@ -191,6 +191,10 @@ def test_a_file_id_reaches_zeyi_as_a_stable_link_that_gives_the_exact_file(gatew
     attempt = json.loads(gateway.http.get("/audit/FILE-1").body)["result"]["attempts"][0]
     assert attempt["fileClickCount"] == 2
     assert attempt["fileFirstClickAt"] <= attempt["fileLastClickAt"]
+    # The link is a bearer capability and the redirect is presigned: neither is logged.
+    assert any(line.get("message") == "upload offered" for line in logs())  # it is the log
+    logged = json.dumps(logs(), ensure_ascii=False)
+    assert token.split(".")[2] not in logged and "X-Amz-Signature" not in logged
 
 
 def test_the_apps_extend_value_is_kept(gateway, s3_env, zeyi):
