@@ -251,6 +251,17 @@ def zeyi_wrong_method():
 
 # -- routes and functions internal apps call -----------------------------------------------------
 
+def _s3():
+    return tracing.instrument(aws.client("s3"))
+
+
+def _file_links(settings: Settings):
+    from chalicelib.approvals.files import FileLinks
+
+    return FileLinks(s3=_s3, token_keys=lambda: _token_keys(settings), settings=settings,
+                     clock=time.time)
+
+
 def _send(payload):
     from chalicelib.approvals import outbound
 
@@ -258,7 +269,14 @@ def _send(payload):
     with telemetry.zeyi_outcome(metrics.SENDS, accepted=states.PENDING):
         return outbound.send_approval(
             payload, store=_store(settings), zeyi=_zeyi_client(settings),
-            lease_seconds=settings.submit_lease_seconds, correlation_id=_correlation_id())
+            lease_seconds=settings.submit_lease_seconds, correlation_id=_correlation_id(),
+            files=_file_links(settings))
+
+
+def _request_upload(payload):
+    from chalicelib.approvals import files
+
+    return files.request_upload(payload, s3=_s3(), settings=load_settings())
 
 
 def _cancel(payload):
@@ -306,6 +324,62 @@ def internal_get_only(code):
     return _wrong_method("GET", zeyi_route=False)
 
 
+@app.route("/files", methods=["POST"], authorizer=iam, content_types=ANY_CONTENT_TYPE)
+def upload_route():
+    return _respond(lambda: _request_upload(_internal_payload()))
+
+
+@app.route("/files", methods=_other_methods("POST"), authorizer=iam,
+           content_types=ANY_CONTENT_TYPE)
+def upload_post_only():
+    return _wrong_method("POST", zeyi_route=False)
+
+
+# -- file links approvers click (public): a redirect to the file, or a page for people -----------
+
+HTML_HEADERS = {"Content-Type": "text/html;charset=utf-8", "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def _page(status: int, extra: dict | None = None) -> Response:
+    from chalicelib.approvals.files import refusal_page
+
+    return Response(body=refusal_page(status), status_code=status,
+                    headers={**HTML_HEADERS, **(extra or {})})
+
+
+@app.route("/files/{token}", methods=["GET"], content_types=ANY_CONTENT_TYPE)
+def file_link_route(token):
+    from chalicelib.approvals import files
+
+    try:
+        settings = load_settings()
+        location = files.open_link(token, token_keys=_token_keys(settings),
+                                   store=_store(settings), s3=_s3, settings=settings)
+    except files.LinkRefused as refused:
+        logger.warning("file link refused", extra={"status": refused.status,
+                                                   "reason": refused.reason})
+        return _page(refused.status)
+    except GatewayError as exc:
+        logger.error("file link not served", extra={"errorCode": exc.error_code,
+                                                    "reason": exc.message})
+        telemetry.error(exc)
+        return _page(503)
+    except Exception:
+        logger.exception("unexpected error")  # the traceback goes to the log only
+        telemetry.error(None)
+        return _page(503)
+    return Response(body="", status_code=302,
+                    headers={"Location": location, "Cache-Control": "no-store",
+                             "Referrer-Policy": "no-referrer",
+                             "Content-Type": "text/plain;charset=utf-8"})
+
+
+@app.route("/files/{token}", methods=_other_methods("GET"), content_types=ANY_CONTENT_TYPE)
+def file_link_get_only(token):
+    return _page(405, {"Allow": "GET"})
+
+
 @app.lambda_function(name="send_approval")
 def send_function(event, context):
     return _invoked("send_approval", event, context, _send)
@@ -314,6 +388,11 @@ def send_function(event, context):
 @app.lambda_function(name="cancel_approval")
 def cancel_function(event, context):
     return _invoked("cancel_approval", event, context, _cancel)
+
+
+@app.lambda_function(name="request_file_upload")
+def upload_function(event, context):
+    return _invoked("request_file_upload", event, context, _request_upload)
 
 
 @app.lambda_function(name="get_approval")

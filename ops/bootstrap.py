@@ -215,6 +215,13 @@ def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
     # The approval events: the bus, its archive and the dead-letter queue.
     report.changes += reconcile_event_resources(client(session, "events"), client(session, "sqs"),
                                                 EventResources.of(stage), stage.tags)
+    # File fields: the attachments bucket (ops.files_bucket, docs/operations.md section 14).
+    from ops.files_bucket import reconcile_attachments_bucket, stage_bucket
+
+    bucket, retention_days = stage_bucket(stage)
+    report.changes += reconcile_attachments_bucket(
+        client(session, "s3"), bucket, region=session.region_name, tags=stage.tags,
+        retention_days=retention_days)
     for line in report.changes:
         print(line)
     if not report.changes:

@@ -27,7 +27,7 @@ def _group(subparsers, name: str, help_text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ops import approvals, config_commands, deploy, events, secret_rotation, sign_check
+    from ops import approvals, config_commands, deploy, events, files, secret_rotation, sign_check
 
     stage = _stage_options()
     parser = argparse.ArgumentParser(
@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--reason", required=True, help="why: kept in the history")
     resolve.add_argument("--by", help="who (default: the caller's AWS identity)")
     resolve.set_defaults(handler=approvals.resolve_command)
+
+    files_group = _group(groups, "files", "the file links approvers click")
+    revoke = files_group.add_parser(
+        "revoke", parents=[stage], help="end every file link of one code at once",
+        description="End every file link of one code issued until now (a leaked link): each "
+                    "click answers 410 from now on. A later send of the code gets new links.")
+    revoke.add_argument("code")
+    revoke.set_defaults(handler=files.revoke_command)
 
     secrets_group = _group(groups, "secrets", "rotate the gateway's credentials")
     add = secrets_group.add_parser(

@@ -314,8 +314,8 @@ def rotate_token_key(secrets_client, secret_id: str, *, cache_seconds: int, ttl_
         put([keys[1], keys[0]], KEY_PROMOTED)
         due = now + ttl_seconds + cache_seconds
         return ["step 2 of 3: the new key signs every new token now",
-                f"run this again after {_when(due)} (token TTL {ttl_seconds} s + cache "
-                f"{cache_seconds} s) to retire the old key"]
+                f"run this again after {_when(due)} (tokens and file links valid {ttl_seconds} s"
+                f" + cache {cache_seconds} s) to retire the old key"]
     if KEY_PROMOTED in labels and len(keys) == 2:
         due = since + ttl_seconds + cache_seconds
         if now < due:
@@ -341,7 +341,12 @@ def rotate_token_key_command(args) -> int:
         lines = rotate_token_key(
             client(session, "secretsmanager"), stage.setting(settings.TOKEN_SECRET_ID),
             cache_seconds=stage.seconds(settings.SECRETS_CACHE_SECONDS, 300),
-            ttl_seconds=stage.seconds(settings.TOKEN_TTL_SECONDS, 7200))
+            # The same keys sign the file links (chalicelib.protocol.file_links), which must
+            # work while their approval is open and through its grace period: the old key is
+            # retired only once no link it signed can still be valid.
+            ttl_seconds=max(stage.seconds(settings.TOKEN_TTL_SECONDS, 7200),
+                            stage.seconds(settings.STUCK_PENDING_SECONDS, 7 * 24 * 3600)
+                            + stage.seconds(settings.FILES_GRACE_SECONDS, 30 * 24 * 3600)))
     for line in lines:
         print(line)
     return 0

@@ -4,6 +4,8 @@
 2. send → Zeyi refuses → REFUSED
 3. send → cancel → CANCELLING → Zeyi's terminate callback → TERMINATED
 4. a second send for a code whose approval is active → 409 APPROVAL_ACTIVE
+5. a file: upload a small PDF with a Chinese name (POST /files, then straight to S3), send it by
+   fileId, and follow the stable link Zeyi received to the exact bytes and the Chinese name
 and finally ``GET /audit/{code}`` for each. After each flow it shows the approval events the
 sandbox's internal app received on its queue (the stage's bus → a rule → SQS), as an internal
 team's app would. Codes carry the time of day (``DEMO-041530-A``), so the demo can be rerun.
@@ -38,6 +40,9 @@ from sandbox.stack import (
 )
 
 FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED")
+FILE_NAME = "采购合同（演示）.pdf"
+FILE_BYTES = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+              b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
 WAIT_SECONDS = 20.0
 
 
@@ -196,6 +201,53 @@ class Demo:
 
     # -- the flows -----------------------------------------------------------------------------
 
+    def files(self, code: str) -> None:
+        from urllib.parse import unquote
+
+        self.step(f"5. {FILE_NAME}: upload it, send {code} with its fileId, click the link")
+        answer = requests.post(f"{self.gateway}/files", json={
+            "fileName": FILE_NAME, "contentType": "application/pdf", "size": len(FILE_BYTES)},
+            timeout=30)
+        result = (self.show("POST /files", answer) or {}).get("result") or {}
+        self.expect(answer.status_code == 200, "an upload form for the attachments bucket")
+        if answer.status_code != 200:
+            return
+        form = result["upload"]
+        stored = requests.post(form["url"], data=form["fields"],
+                               files={"file": (FILE_NAME, FILE_BYTES)}, timeout=30)
+        self.out(f"  POST {form['url']} (S3, the form's fields + the file): HTTP"
+                 f" {stored.status_code}")
+        self.expect(stored.status_code == 204, "S3 took the bytes")
+        body = send_body(code)
+        body["auditFormList"][1] = {"type": "file", "key": "合同附件", "value": result["fileId"]}
+        self.codes.append(code)
+        response = requests.post(f"{self.gateway}/audit/send", json=body, timeout=30)
+        self.show(f"POST /audit/send {code} (合同附件 = {result['fileId']})", response)
+        self.expect(response.status_code == 200, "send accepted")
+        sent = requests.get(f"{self.zeyi}/_control/approvals/{code}", timeout=30).json()
+        field = next(f for f in sent["request"]["auditFormList"] if f["key"] == "合同附件")
+        link = field["value"]
+        self.out(f"  Zeyi received 合同附件 = {link[:90]}… (extendValue {field['extendValue']})")
+        self.expect(link.startswith(f"{self.gateway}/files/"), "a stable link on the gateway")
+        click = requests.get(link, allow_redirects=False, timeout=30)
+        location = click.headers.get("Location", "")
+        self.out(f"  GET the link: HTTP {click.status_code} → {location[:80]}…")
+        if click.status_code != 302:
+            self.expect(False, "302 to the file")
+            return
+        got = requests.get(click.headers["Location"], timeout=30)
+        disposition = got.headers.get("Content-Disposition", "")
+        name = unquote(disposition.split("filename*=UTF-8''")[-1]) if "filename*=" in \
+            disposition else ""
+        self.out(f"  GET the file: HTTP {got.status_code}, {len(got.content)} bytes,"
+                 f" {got.headers.get('Content-Type')}, named {name}")
+        self.expect(got.content == FILE_BYTES and name == FILE_NAME,
+                    "the exact bytes, under the Chinese name")
+        attempts = requests.get(f"{self.gateway}/audit/{code}", timeout=30).json()["result"][
+            "attempts"]
+        self.out(f"  GET /audit/{code}: fileClickCount = {attempts[0].get('fileClickCount')}")
+        self.decide(code, "agree")
+
     def run(self, suffix: str) -> int:
         agree, refuse, cancel = (f"DEMO-{suffix}-A", f"DEMO-{suffix}-R", f"DEMO-{suffix}-C")
 
@@ -245,7 +297,9 @@ class Demo:
         self.out("  …and a refused send changes nothing, so it is no event:")
         self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
-        self.step("5. GET /audit/{code} for each")
+        self.files(f"DEMO-{suffix}-F")
+
+        self.step("6. GET /audit/{code} for each")
         for code in self.codes:
             response = requests.get(f"{self.gateway}/audit/{code}", timeout=30)
             result = (response.json() or {}).get("result") or {}

@@ -7,7 +7,8 @@ Real DynamoDB applies each request atomically; serializing the requests here giv
 that same guarantee, so a 500 from the emulator is never mistaken for a gateway bug. Connections
 are still accepted concurrently. Transactions also snapshot only what they can change (see
 ``install_cheap_transaction_snapshots``), so the sandbox does not slow down as its tables grow.
-PutEvents can be made to fail on request (``sandbox.aws_faults``).
+PutEvents can be made to fail on request (``sandbox.aws_faults``). An S3 POST upload's policy is
+enforced as S3 does (``sandbox.s3_post_policy``; moto itself stores whatever a POST carries).
 
 Run as ``python -m sandbox.moto_server -H 127.0.0.1 -p 5000``.
 """
@@ -29,6 +30,7 @@ from werkzeug.serving import run_simple
 
 from sandbox.aws_faults import FaultInjector
 from sandbox.lifeline import die_with_parent
+from sandbox.s3_post_policy import S3PostPolicy
 
 
 def install_cheap_transaction_snapshots() -> None:
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults
+    app = S3PostPolicy(app)  # S3's POST policy conditions, which moto does not enforce
     run_simple(args.host, args.port, SerializedApp(app), threaded=True,
                request_handler=MotoRequestHandler)
 

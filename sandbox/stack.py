@@ -415,6 +415,13 @@ class SandboxStack:
                                            resources, {"app": "jinrun-approval-gateway",
                                                        "stage": STAGE})
         lines.append(self.subscribe_internal_app(resources.bus))
+        # File fields: the attachments bucket, as the deploy path's bootstrap makes it.
+        from ops.files_bucket import reconcile_attachments_bucket
+
+        lines += reconcile_attachments_bucket(
+            self.aws_client("s3"), env["ATTACHMENTS_BUCKET"], region=REGION,
+            tags={"app": "jinrun-approval-gateway", "stage": STAGE}, retention_days=90,
+            tls_only=False)  # moto server is plain HTTP here, and denies reads under that policy
         return lines
 
     def subscribe_internal_app(self, bus: str) -> str:
@@ -455,6 +462,8 @@ class SandboxStack:
             "AWS_ENDPOINT_URL": self.aws_url, "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
             "ZEYI_BASE_URL": self.zeyi_url, "PYTHONUNBUFFERED": "1",
+            # The file links approvers click point at this gateway (the local stage names none).
+            "PUBLIC_BASE_URL": self.gateway_url,
         })
         env.update(self.gateway_env)
         return env

@@ -140,6 +140,12 @@ def test_a_half_finished_setup_is_completed_and_each_change_named(empty_aws, cap
         f"created event bus {env['EVENT_BUS_NAME']}",
         f"created archive {env['EVENT_BUS_NAME']} of every approval event (365 days)",
         f"created queue {env['EVENT_BUS_NAME']}-dlq (the approval events' dead letters)",
+        # The attachments bucket (tests/test_files_bucket.py).
+        *(f"bucket {env['ATTACHMENTS_BUCKET']}: {change}" for change in (
+            "created", "blocked all public access",
+            "objects owned by the bucket owner (ACLs off)", "encrypted at rest (SSE-S3)",
+            "refuses every request not made over TLS",
+            "unused uploads expire after 2 days, sent files after 90", "tagged app, stage")),
     ]
     assert err.count("warning: secret") == 2 and "secrets add-inbound --stage dev" in err
     dev_tags = {"app": "jinrun-approval-gateway", "stage": "dev"}

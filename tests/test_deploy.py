@@ -52,7 +52,21 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # Services the Lambda code may call, with the IAM prefix of each. A new service fails
 # test_functions_call_only_known_services until it is added here, to the recorder's
 # _resource_names and to the policy files.
-KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "events": "events"}
+KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "events": "events",
+                  "s3": "s3"}
+# S3 calls authorised as another action: HeadObject is s3:GetObject, and a presigned request is
+# authorised when it is used, as the action it presigns (a presigned POST is s3:PutObject).
+# botocore emits a presigned POST's parameters under the CreateBucket operation model (no code
+# path creates a bucket: the scanner would find create_bucket).
+# A POST carrying a tagging field also needs s3:PutObjectTagging.
+S3_ACTIONS = {"HeadObject": ("GetObject",), "GetObject": ("GetObject",),
+              "PutObjectTagging": ("PutObjectTagging",),
+              "generate_presigned_post": ("PutObject", "PutObjectTagging"),
+              "CreateBucket": ("PutObject", "PutObjectTagging")}
+# The attachments bucket's objects each action is granted on (docs/operations.md): uploads land
+# under uploads/, reads cover every object a send may name.
+S3_SCOPES = {"s3:GetObject": "/*", "s3:PutObject": "/uploads/*",
+             "s3:PutObjectTagging": "/uploads/*"}
 # IAM prefixes that only the Lambda service uses with a function's role, never the code: an
 # event source mapping's on-failure destination (the approval events' dead-letter queue).
 SERVICE_ONLY_PREFIXES = {"sqs"}
@@ -266,8 +280,12 @@ class CallGraph:
                                 for key in keys & TRANSACT_ELEMENTS.keys()}
                 elif operation == "TransactGetItems":
                     actions.add(f"{prefix}:GetItem")
+                elif service == "s3":
+                    actions |= {f"{prefix}:{name}" for name in S3_ACTIONS[operation]}
                 else:
                     actions.add(f"{prefix}:{operation}")
+        if "s3" in services and "generate_presigned_post" in names:
+            actions |= {f"s3:{name}" for name in S3_ACTIONS["generate_presigned_post"]}
         return Reach(frozenset(seen), frozenset(services), frozenset(actions))
 
 
@@ -346,6 +364,10 @@ def _recorded(model, params) -> set[tuple[str, str]]:
     operation = model.name
     if service == "secretsmanager":
         return {(f"{prefix}:{operation}", _setting_of(params["SecretId"]))}
+    if service == "s3":
+        assert params["Bucket"] == os.environ[settings.ATTACHMENTS_BUCKET], params["Bucket"]
+        return {(f"{prefix}:{name}", settings.ATTACHMENTS_BUCKET + S3_SCOPES[f"{prefix}:{name}"])
+                for name in S3_ACTIONS[operation]}
     if service == "events":
         return {(f"{prefix}:{operation}", _setting_of(entry.get("EventBusName", "default")))
                 for entry in params["Entries"]}
@@ -413,10 +435,46 @@ def exercise_api_handler(gateway, zeyi, record):
         agreed = dict(code="POL-OLD", businessId="proc-3", type="finish", result="agree")
         assert _callback(gateway, token, **agreed) == {"status": "AGREED",
                                                        "disposition": "applied"}
+        # Files: an upload, a send that links it, the approver's click.
+        file_id = _uploaded(gateway)
+        _ok(_http(gateway, "post", "/audit/send",
+                  json.dumps(_with_file("POL-FILE", file_id)).encode())[1])
+        link = zeyi.instance("POL-FILE").request["auditFormList"][1]["value"]
+        assert gateway.http.get(link[link.index("/files/"):]).status_code == 302
+
+
+def _uploaded(gateway, name: str = "合同.pdf", data: bytes = b"%PDF-1.4 test") -> str:
+    """A fileId whose bytes are in the attachments bucket (the upload itself goes to S3)."""
+    import requests
+
+    status, answer = _http(gateway, "post", "/files", json.dumps(
+        {"fileName": name, "contentType": "application/pdf", "size": len(data)}).encode())
+    assert status == 200, answer
+    form = answer["result"]["upload"]
+    assert requests.post(form["url"], data=form["fields"], files={"file": (name, data)},
+                         timeout=10).status_code in (200, 204)
+    return answer["result"]["fileId"]
+
+
+def _with_file(code: str, value: str) -> dict:
+    body = peer.send_body(code)
+    body["auditFormList"][1] = {"type": "file", "key": "合同", "value": value}
+    return body
+
+
+def exercise_request_file_upload(gateway, zeyi, record):
+    with record():
+        answer = _ok(gateway.lambda_.invoke("request_file_upload", {
+            "fileName": "报价单.pdf", "contentType": "application/pdf", "size": 10}).payload)
+        assert answer["result"]["fileId"].startswith("file-")
+        refused = gateway.lambda_.invoke("request_file_upload", {"fileName": "x"}).payload
+        assert refused["errorCode"] == "VALIDATION_ERROR", refused
 
 
 def exercise_send_approval(gateway, zeyi, record):
-    """A send Zeyi refuses (FAILED), the resend that replaces it, a send refused as active."""
+    """A send Zeyi refuses (FAILED), the resend that replaces it, a send refused as active,
+    a send with a file, one naming a file that is not there."""
+    file_id = _uploaded(gateway)
     zeyi.add_fault("send", "refuse")
     with record():
         refused = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
@@ -424,6 +482,10 @@ def exercise_send_approval(gateway, zeyi, record):
         _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload)
         active = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
         assert active["errorCode"] == "APPROVAL_ACTIVE", active
+        _ok(gateway.lambda_.invoke("send_approval", _with_file("POL-SF", file_id)).payload)
+        missing = gateway.lambda_.invoke("send_approval",
+                                         _with_file("POL-SM", "file-" + "0" * 32)).payload
+        assert missing["errorCode"] == "VALIDATION_ERROR", missing
 
 
 def exercise_cancel_approval(gateway, zeyi, record):
@@ -508,6 +570,7 @@ class Entry:
 FUNCTIONS: dict[str, Entry] = {
     API_HANDLER: Entry(exercise_api_handler),
     "send_approval": Entry(exercise_send_approval),
+    "request_file_upload": Entry(exercise_request_file_upload),
     "cancel_approval": Entry(exercise_cancel_approval),
     "get_approval": Entry(exercise_get_approval),
     "publish_approval_events": Entry(exercise_publish_approval_events,
@@ -518,6 +581,11 @@ FUNCTIONS: dict[str, Entry] = {
 
 @pytest.fixture
 def record_calls(gateway, monkeypatch):
+    monkeypatch.setenv(settings.ATTACHMENTS_BUCKET, "test-attachments")
+    monkeypatch.setenv(settings.PUBLIC_BASE_URL, "https://approvals.example/api")
+    region = aws.client("s3").meta.region_name  # cn-north-1 here: a bucket says where it lives
+    aws.client("s3").create_bucket(Bucket="test-attachments", CreateBucketConfiguration={
+        "LocationConstraint": region})
     with simulator() as zeyi:
         monkeypatch.setenv("ZEYI_BASE_URL", zeyi.url)
         recorder = Recorder()
@@ -542,6 +610,9 @@ def stage_env(name: str) -> dict[str, str]:
 
 def resource_arn(stage_name: str, setting: str) -> str:
     setting, _, index = setting.partition("/index/")
+    if setting.startswith(settings.ATTACHMENTS_BUCKET):
+        bucket, scope = setting.split("/", 1)
+        return f"arn:*:s3:::{stage_env(stage_name)[bucket]}/{scope}"
     value = stage_env(stage_name)[setting]
     if index:
         return f"arn:*:dynamodb:*:*:table/{value}/index/{index}"
@@ -661,6 +732,11 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
                 f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS}")
             continue
         for resource in resources:
+            if prefix == "s3":  # S3 ARNs name no region and no account
+                bucket = stage_env(stage_name)[settings.ATTACHMENTS_BUCKET]
+                assert resource.startswith(f"arn:*:s3:::{bucket}/"), (
+                    f"{name}: {resource} is not an object of the stage's attachments bucket")
+                continue
             assert resource.startswith(f"arn:*:{prefix}:*:*:"), (
                 f"{name}: {resource} must name no partition or region (the file serves aws and "
                 "aws-cn in any region); the account is pinned by the condition")

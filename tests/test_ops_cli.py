@@ -61,6 +61,7 @@ COMMANDS = [
     ["approvals", "show", "HT-1"],
     ["approvals", "list", "--status", "PENDING", "--older-than", "7d"],
     ["approvals", "resolve", "HT-1", "--status", "FAILED", "--reason", "stuck", "--by", "me"],
+    ["files", "revoke", "HT-1"],
     ["secrets", "add-inbound"],
     ["secrets", "retire-inbound", "some-key"],
     ["secrets", "last-seen", "some-key"],
@@ -86,7 +87,7 @@ def _command_paths(parser: argparse.ArgumentParser, prefix=()):
 def test_every_command_has_help(capsys):
     paths = list(_command_paths(build_parser()))
     assert {path[0] for path in paths} == {"approvals", "secrets", "sign", "config", "deploy",
-                                          "events"}
+                                          "events", "files"}
     leaves = {path for path in paths if not any(p[:len(path)] == path and p != path
                                                 for p in paths)}
     assert leaves == {tuple(c[:2]) if c[0] != "deploy" else ("deploy",) for c in COMMANDS}

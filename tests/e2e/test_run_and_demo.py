@@ -306,13 +306,14 @@ def test_make_demo_runs_every_flow(stack):
         assert f"✓ events: {events}\n" in result.stdout
     assert re.search(r"#3 Approval Agreed +PENDING → AGREED  eventId [0-9a-f]{8}…  王经理: demo: agree",
                      result.stdout)
+    assert "✓ the exact bytes, under the Chinese name\n" in result.stdout
     # What a person needs: one line per call, short codes, and the cancel's lines in the order
     # things happened; the raw envelopes only when asked for.
     assert '"businessException"' not in result.stdout
     for clumsy in ("try(ies)", "attempt(s)", "callback(s)", "terminate/-"):
         assert clumsy not in result.stdout
     codes = set(re.findall(r"DEMO-[^ ,:]+", result.stdout))
-    assert len(codes) == 4 and max(map(len, codes)) <= 15, codes
+    assert len(codes) == 5 and max(map(len, codes)) <= 15, codes
     lines = result.stdout.splitlines()
     cancel = next(code for code in codes if code.endswith("-C"))
 
