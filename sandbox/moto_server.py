@@ -130,6 +130,42 @@ def install_one_stream_record_per_write() -> None:
     models.DynamoDBBackend.update_item = update_item
 
 
+# What IAM authorizes a transaction's elements as (DynamoDB has no TransactWriteItems action).
+_TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                     "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+
+
+def install_transaction_item_authorization() -> None:
+    """With IAM enforcement on (``INITIAL_NO_AUTH_ACTION_COUNT``), authorize a DynamoDB
+    transaction as AWS does: each of its elements as its own action (a Put as
+    ``dynamodb:PutItem``...), never as ``dynamodb:TransactWriteItems``, which IAM does not have.
+    moto checks the API operation's name, which would refuse every transaction of a correct
+    policy. Nothing changes when enforcement is off."""
+    import json
+
+    from moto.iam.access_control import IAMRequest
+
+    original = IAMRequest.check_action_permitted
+
+    def check_action_permitted(self, resource: str) -> None:
+        if self._action not in ("dynamodb:TransactWriteItems", "dynamodb:TransactGetItems"):
+            return original(self, resource)
+        try:
+            items = json.loads(self._body or b"{}").get("TransactItems") or []
+            actions = {_TRANSACT_ACTIONS[kind] for item in items for kind in item}
+        except (ValueError, KeyError, AttributeError):
+            return original(self, resource)  # malformed: moto's own check, then its own error
+        requested = self._action
+        try:
+            for action in sorted(actions):
+                self._action = f"dynamodb:{action}"
+                original(self, resource)
+        finally:
+            self._action = requested
+
+    IAMRequest.check_action_permitted = check_action_permitted
+
+
 class SerializedApp:
     """A WSGI app that runs ``app`` for one request at a time, body included."""
 
@@ -162,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     install_one_stream_record_per_write()
+    install_transaction_item_authorization()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults
