@@ -153,8 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_check = config_group.add_parser(
         "check", parents=[stage], help="everything a deploy needs, or a list of what is wrong",
         description="Check everything a deploy of the stage needs: VPC settings, Zeyi's URL, a "
-                    "policy file per function, the secrets, the tables. Exits 1 with the list of "
-                    "problems.")
+                    "policy file per function, the secrets, the tables; on the chalice path also "
+                    "the stream, bus, archive, dead-letter queue and log groups the bootstrap "
+                    "makes. Exits 1 with the list of problems, each with the command that fixes "
+                    "it.")
+    config_check.add_argument("--path", choices=list(config_commands.PATHS),
+                              default=config_commands.CHALICE,
+                              help="the deploy path: chalice (python -m ops deploy, the default) "
+                                   "or cloudformation (the packaged stack)")
     config_check.set_defaults(handler=config_commands.check_command)
     fill = config_group.add_parser(
         "fill-vpc", parents=[stage], help="VPC settings from the egress stack's outputs",
@@ -173,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy_parser = groups.add_parser(
         "deploy", parents=[stage], help="chalice deploy, once config check passes",
-        description="Run `config check` and, when it passes, `chalice deploy --stage S`.")
+        description="Run `config check` and, when it passes, `chalice deploy --stage S`, then "
+                    "`events configure-mapping`. A rerun after a failure reuses what the failed "
+                    "run created.")
     deploy_parser.add_argument("--dry-run", action="store_true",
                                help="check only; do not run chalice")
     deploy_parser.add_argument("chalice_args", nargs="*", metavar="CHALICE_ARG",

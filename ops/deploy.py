@@ -11,30 +11,36 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 from ops.common import OpsError, region_from_environment
-from ops.config_commands import check_stage
+from ops.config_commands import CHALICE, check_stage
 from ops.package import chalice_command
-from ops.stage_config import LOCAL_STAGES, PROJECT_DIR, load_stage
+from ops.stage_config import PROJECT_DIR, load_stage
 
 
 def deploy_command(args) -> int:
     stage = load_stage(args.stage, args.config)
-    if stage.name in LOCAL_STAGES:
-        raise OpsError(f"stage {stage.name} is for `chalice local` only")
-    problems, region = check_stage(stage, args.region)
+    problems, region = check_stage(stage, args.region, CHALICE)
     if problems:
         raise OpsError(f"stage {stage.name} is not ready to deploy: " + "; ".join(problems)
                        + f" (see `python -m ops config check --stage {stage.name}`)")
     command = chalice_command() + ["--project-dir", str(stage.path.parent.parent), "deploy",
                                    "--stage", stage.name, *args.chalice_args]
     env = dict(os.environ, AWS_DEFAULT_REGION=region or region_from_environment(args.region))
-    print(f"stage {stage.name} in {region}: checks passed; running chalice deploy --stage "
-          f"{stage.name}",
-          flush=True)
     if args.dry_run:
+        print(f"stage {stage.name} in {region}: checks passed; dry run, so chalice deploy "
+              f"--stage {stage.name} and events configure-mapping were NOT run")
         return 0
+    print(f"stage {stage.name} in {region}: checks passed; running chalice deploy --stage "
+          f"{stage.name}", flush=True)
     status = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode
+    if status != 0:
+        deployed = stage.path.parent / "deployed" / f"{stage.name}.json"
+        print(f"error: chalice deploy failed (exit {status}); "
+              + ("" if deployed.exists() else f"{deployed} was not written; ")
+              + "what it created stays and is reused: fix the cause and run this command again "
+              "(docs/operations.md, \"A deploy that stopped half way\")", file=sys.stderr)
     if status == 0:
         # chalice cannot set the events function's stream failure handling: set it every time
         # (a new subscription, after a changed stream, starts without it).
