@@ -166,6 +166,38 @@ def install_transaction_item_authorization() -> None:
     IAMRequest.check_action_permitted = check_action_permitted
 
 
+def install_unique_stream_subscriptions() -> None:
+    """Refuse a second event source mapping of one function on one DynamoDB stream, as Lambda
+    does (409 ResourceConflictException, "provided mapping already exists"); moto makes two,
+    which would hide that a rerun of a stopped first ``chalice deploy`` fails there in AWS."""
+    from moto.awslambda.exceptions import LambdaClientError
+    from moto.awslambda.models import LambdaBackend
+
+    class MappingExists(LambdaClientError):
+        code = 409
+
+        def __init__(self, message: str):
+            super().__init__("ResourceConflictException", message)
+
+    original = LambdaBackend.create_event_source_mapping
+
+    def create_event_source_mapping(self, spec):
+        source = spec.get("EventSourceArn", "")
+        if ":dynamodb:" in source:
+            function = self._lambdas.get_function_by_name_or_arn_with_qualifier(
+                spec.get("FunctionName", ""))
+            for existing in self._event_source_mappings.values():
+                if (existing.event_source_arn == source
+                        and existing.function_arn == function.function_arn):
+                    raise MappingExists(
+                        f"The event source arn (\" {source} \") and function (\" "
+                        f"{function.function_name} \") provided mapping already exists. Please "
+                        f"update or delete the existing mapping with UUID {existing.uuid}")
+        return original(self, spec)
+
+    LambdaBackend.create_event_source_mapping = create_event_source_mapping
+
+
 class SerializedApp:
     """A WSGI app that runs ``app`` for one request at a time, body included."""
 
@@ -199,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     install_one_stream_record_per_write()
     install_transaction_item_authorization()
+    install_unique_stream_subscriptions()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults
