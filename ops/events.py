@@ -23,7 +23,7 @@ from datetime import datetime
 
 from chalicelib.approvals import events
 from chalicelib.runtime import settings
-from ops.common import OpsError, aws_session, client, error_code
+from ops.common import ACTED, FAILED, NOTHING_TO_DO, OpsError, aws_session, client, error_code
 from ops.stage_config import LOCAL_STAGES, Stage, load_stage
 
 ARCHIVE_RETENTION_DAYS = 365
@@ -387,10 +387,13 @@ def replay_dlq_command(args) -> int:
         sqs_client, client(session, "dynamodbstreams"), client(session, "events"),
         queue_url=queue_url, bus_name=resources.bus, max_messages=args.max_messages,
         dry_run=args.dry_run)
+    if not replayed and not left:
+        print(f"{resources.dead_letter_queue} is empty: nothing to replay")
+        return NOTHING_TO_DO
     if args.dry_run:
         print(f"{left} message(s) in {resources.dead_letter_queue} looked at; nothing published"
               " (--dry-run)")
-        return 0
+        return ACTED
     print(f"{replayed} message(s) replayed and removed from {resources.dead_letter_queue}; "
           f"{left} left in it")
-    return 1 if left else 0
+    return FAILED if left else ACTED

@@ -190,3 +190,35 @@ def test_ops_deploy_sets_the_failure_handling_once_chalice_has_deployed(empty_aw
         FunctionName=function)["EventSourceMappings"]
     assert mapping["BisectBatchOnFunctionError"] is True
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_replay_of_an_empty_queue_says_nothing_to_do_in_its_own_words(empty_aws, capsys,
+                                                                      tmp_path):
+    """Exit 3 (nothing to do), one line of its own, none of the gateway's JSON lines."""
+    config = bootstrapped(tmp_path, stage_settings=VPC)
+    status, out, err = run_ops(capsys, "events", "replay-dlq", "--stage", "dev",
+                               "--config", config)
+    assert (status, out, err) == (3, "jinrun-approval-events-dev-dlq is empty: nothing to "
+                                     "replay\n", "")
+
+
+def test_the_gateways_json_lines_stay_out_of_a_commands_output(capsys, logs):
+    """What the chalicelib code a command runs logs or measures is for CloudWatch."""
+    from chalicelib.runtime import metrics
+    from chalicelib.runtime.logs import logger
+    from ops.common import run
+
+    def action():
+        logger.warning("approval event not published", extra={"code": "X"})
+        metrics.emit([metrics.Metric("EventsPublished", metrics.MetricUnit.Count, 1)])
+        print("1 message(s) replayed")
+        return 0
+
+    capsys.readouterr()
+    assert run(action) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("1 message(s) replayed\n", "")  # no EMF metric line
+    assert logs() == []  # no log line
+    # and only while the command runs
+    logger.warning("after")
+    assert [line["message"] for line in logs()] == ["after"]
