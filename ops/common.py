@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -126,8 +127,12 @@ def describe_failure(exc: BaseException) -> str:
         message = exc.response.get("Error", {}).get("Message", "")
         if code in _REJECTED_CREDENTIALS:
             return f"AWS rejected the credentials ({code}): refresh them or choose another profile"
-        if code in _DENIED:
-            return f"not allowed: {exc.operation_name} was denied ({message})"
+        denied = re.search(r"not authorized to perform: [\w:*-]+", str(exc))
+        if code in _DENIED or denied:
+            # moto answers a denial as XML even to JSON services: botocore then sees only the
+            # HTTP status, and the denied action is in the raw text.
+            why = denied.group(0) if denied and code not in _DENIED else message
+            return f"not allowed: {exc.operation_name} was denied ({why})"
         return f"{exc.operation_name} failed: {code}: {message}"
     from botocore.exceptions import BotoCoreError
 
