@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for name, help_text in DELEGATED.items():  # listed here, parsed by their own module
-        groups.add_parser(name, help=help_text, add_help=False)
+        groups.add_parser(name, help=help_text, add_help=False).add_argument(
+            "args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     approvals_group = _group(groups, "approvals", "look at approvals")
     show = approvals_group.add_parser(
