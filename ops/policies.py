@@ -2,7 +2,7 @@
 
 The functions' policy files (``.chalice/policy-<stage>-<function>.json``) are static JSON that
 chalice copies as they are, so their ARNs name no partition, region or account (``arn:*:…:*:*:``;
-docs/operations.md section 9). Rendering fills those in, for reading a policy as IAM will apply
+docs/operations.md, "Least privilege"). Rendering fills those in, for reading a policy as IAM will apply
 it, and for attaching it to an IAM user in the rehearsal (tests/test_iam_sufficiency.py). The
 operators' policy (``infra/operator-policy.json``) is rendered the same way.
 """
