@@ -1,9 +1,10 @@
 """The IAM policies the gateway runs with, rendered for one account and region.
 
 The functions' policy files (``.chalice/policy-<stage>-<function>.json``) are static JSON that
-chalice copies as they are, so their ARNs name no partition, region or account (``arn:*:…:*:*:``;
-docs/operations.md, "Least privilege"). Rendering fills those in, for reading a policy as IAM will apply
-it, and for attaching it to an IAM user in the rehearsal (tests/test_iam_sufficiency.py). The
+chalice copies as they are, so their ARNs name no partition, region or account
+(``arn:*:…:*:*:``; docs/operations.md, "Least privilege"). Rendering fills those in, for reading
+a policy as IAM will apply it, and for attaching it to an IAM user in the rehearsal
+(tests/test_iam_sufficiency.py). The
 operators' policy (``infra/operator-policy.json``) is rendered the same way.
 """
 from __future__ import annotations
