@@ -101,3 +101,15 @@ def test_what_a_rehearsal_cannot_prove_is_listed():
     section = text[text.index("### What a rehearsal cannot prove"):]
     for limit in ("ImportRestApi", "Fn::Select", "Logs Insights", "resource `*`"):
         assert limit in section, limit
+
+
+def test_the_sandboxs_operator_command_works_pasted_alone():
+    """docs/sandbox.md's replay-dlq line names the emulator, its region and its credentials:
+    pasted into a fresh shell it needs nothing else (before, it failed on the region, then on
+    the credentials)."""
+    sandbox = (DOC.parent / "sandbox.md").read_text(encoding="utf-8")
+    block = re.sub(r"\\\n\s*", " ", sandbox)
+    (line,) = [text for text in block.splitlines() if "ops events replay-dlq" in text]
+    for needed in ("AWS_ENDPOINT_URL=http://127.0.0.1:5000", "AWS_REGION=",
+                   "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="):
+        assert needed in line, needed
