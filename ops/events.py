@@ -23,7 +23,7 @@ from datetime import datetime
 
 from chalicelib.approvals import events
 from chalicelib.runtime import settings
-from ops.common import OpsError, aws_session, client, error_code
+from ops.common import ACTED, FAILED, NOTHING_TO_DO, OpsError, aws_session, client, error_code
 from ops.stage_config import LOCAL_STAGES, Stage, load_stage
 
 ARCHIVE_RETENTION_DAYS = 365
@@ -193,6 +193,20 @@ def wanted_mapping(dead_letter_arn: str) -> dict:
             "DestinationConfig": {"OnFailure": {"Destination": dead_letter_arn}}}
 
 
+def stream_mappings(lambda_client, stage: Stage) -> list[dict]:
+    """The events function's subscriptions to the stage's stream. Listed by the stream and
+    matched on the function's ARN: chalice creates them with the function's ARN, and moto
+    filters a FunctionName only by the form the mapping was created with (AWS takes either)."""
+    function = stage.function_name(events.FUNCTION_NAME)
+    stream = stage.setting(settings.APPROVALS_STREAM_ARN)
+    found = []
+    for page in lambda_client.get_paginator("list_event_source_mappings").paginate(
+            EventSourceArn=stream):
+        found += [mapping for mapping in page["EventSourceMappings"]
+                  if mapping.get("FunctionArn", "").split(":")[6:7] == [function]]
+    return found
+
+
 def configure_mapping(lambda_client, sqs_client, stage: Stage) -> list[str]:
     """Give the publishing function's stream subscription the failure handling of
     ``events.STREAM_MAPPING`` and the stage's dead-letter queue. Raises OpsError when the
@@ -203,14 +217,7 @@ def configure_mapping(lambda_client, sqs_client, stage: Stage) -> list[str]:
         raise OpsError(f"stage {stage.name} names no {settings.APPROVALS_STREAM_ARN}: run "
                        f"`python -m ops config fill-stream --stage {stage.name}` first")
     _, dead_letter_arn = queue_url_and_arn(sqs_client, EventResources.of(stage).dead_letter_queue)
-    try:
-        mappings = lambda_client.list_event_source_mappings(
-            FunctionName=function, EventSourceArn=stream)["EventSourceMappings"]
-    except Exception as exc:
-        if error_code(exc) == "ResourceNotFoundException":
-            mappings = []
-        else:
-            raise
+    mappings = stream_mappings(lambda_client, stage)
     if not mappings:
         raise OpsError(f"{function} is not subscribed to {stream}: deploy the stage first "
                        f"(`python -m ops deploy --stage {stage.name}`)")
@@ -380,10 +387,13 @@ def replay_dlq_command(args) -> int:
         sqs_client, client(session, "dynamodbstreams"), client(session, "events"),
         queue_url=queue_url, bus_name=resources.bus, max_messages=args.max_messages,
         dry_run=args.dry_run)
+    if not replayed and not left:
+        print(f"{resources.dead_letter_queue} is empty: nothing to replay")
+        return NOTHING_TO_DO
     if args.dry_run:
         print(f"{left} message(s) in {resources.dead_letter_queue} looked at; nothing published"
               " (--dry-run)")
-        return 0
+        return ACTED
     print(f"{replayed} message(s) replayed and removed from {resources.dead_letter_queue}; "
           f"{left} left in it")
-    return 1 if left else 0
+    return FAILED if left else ACTED

@@ -1,6 +1,6 @@
-"""The stage's attachments bucket (file fields, docs/operations.md section 14), as
-``python -m ops.bootstrap`` creates or completes it: the same settings as the "File fields" block
-of infra/resources.yaml.
+"""The stage's attachments bucket (file fields; docs/operations.md, "Attachments bucket, file
+links"), as ``python -m ops.bootstrap`` creates or completes it: the same settings as the "File
+fields" block of infra/resources.yaml.
 
 Reconciles: each setting that differs from what it should be is put, and named; a run with
 nothing to do changes nothing. It never deletes an object or turns versioning on or off.

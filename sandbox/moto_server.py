@@ -132,6 +132,74 @@ def install_one_stream_record_per_write() -> None:
     models.DynamoDBBackend.update_item = update_item
 
 
+# What IAM authorizes a transaction's elements as (DynamoDB has no TransactWriteItems action).
+_TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                     "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+
+
+def install_transaction_item_authorization() -> None:
+    """With IAM enforcement on (``INITIAL_NO_AUTH_ACTION_COUNT``), authorize a DynamoDB
+    transaction as AWS does: each of its elements as its own action (a Put as
+    ``dynamodb:PutItem``...), never as ``dynamodb:TransactWriteItems``, which IAM does not have.
+    moto checks the API operation's name, which would refuse every transaction of a correct
+    policy. Nothing changes when enforcement is off."""
+    import json
+
+    from moto.iam.access_control import IAMRequest
+
+    original = IAMRequest.check_action_permitted
+
+    def check_action_permitted(self, resource: str) -> None:
+        if self._action not in ("dynamodb:TransactWriteItems", "dynamodb:TransactGetItems"):
+            return original(self, resource)
+        try:
+            items = json.loads(self._body or b"{}").get("TransactItems") or []
+            actions = {_TRANSACT_ACTIONS[kind] for item in items for kind in item}
+        except (ValueError, KeyError, AttributeError):
+            return original(self, resource)  # malformed: moto's own check, then its own error
+        requested = self._action
+        try:
+            for action in sorted(actions):
+                self._action = f"dynamodb:{action}"
+                original(self, resource)
+        finally:
+            self._action = requested
+
+    IAMRequest.check_action_permitted = check_action_permitted
+
+
+def install_unique_stream_subscriptions() -> None:
+    """Refuse a second event source mapping of one function on one DynamoDB stream, as Lambda
+    does (409 ResourceConflictException, "provided mapping already exists"); moto makes two,
+    which would hide that a rerun of a stopped first ``chalice deploy`` fails there in AWS."""
+    from moto.awslambda.exceptions import LambdaClientError
+    from moto.awslambda.models import LambdaBackend
+
+    class MappingExists(LambdaClientError):
+        code = 409
+
+        def __init__(self, message: str):
+            super().__init__("ResourceConflictException", message)
+
+    original = LambdaBackend.create_event_source_mapping
+
+    def create_event_source_mapping(self, spec):
+        source = spec.get("EventSourceArn", "")
+        if ":dynamodb:" in source:
+            function = self._lambdas.get_function_by_name_or_arn_with_qualifier(
+                spec.get("FunctionName", ""))
+            for existing in self._event_source_mappings.values():
+                if (existing.event_source_arn == source
+                        and existing.function_arn == function.function_arn):
+                    raise MappingExists(
+                        f"The event source arn (\" {source} \") and function (\" "
+                        f"{function.function_name} \") provided mapping already exists. Please "
+                        f"update or delete the existing mapping with UUID {existing.uuid}")
+        return original(self, spec)
+
+    LambdaBackend.create_event_source_mapping = create_event_source_mapping
+
+
 class SerializedApp:
     """A WSGI app that runs ``app`` for one request at a time, body included."""
 
@@ -164,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     install_one_stream_record_per_write()
+    install_transaction_item_authorization()
+    install_unique_stream_subscriptions()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults

@@ -17,13 +17,15 @@ def free_port() -> int:
 
 
 class MotoServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, env: dict[str, str] | None = None):
         self.port = port or free_port()
+        self.env = env or {}  # e.g. INITIAL_NO_AUTH_ACTION_COUNT: IAM enforcement, own server
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen | None = None
 
     def start(self, timeout_seconds: float = 30.0) -> MotoServer:
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   **self.env)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -792,7 +792,8 @@ def _region_for_chalice(monkeypatch):
 
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_chalice_package_builds_every_stage(stage, tmp_path):
-    result = package(stage, tmp_path / "out", require_vpc=False)
+    # The committed config names no stream (the bootstrap writes it per account).
+    result = package(stage, tmp_path / "out", require_vpc=False, require_stream=False)
     template = json.loads(result.template.read_text(encoding="utf-8"))
     functions = _functions(template)
     assert {"APIHandler", "SendApproval", "CancelApproval", "GetApproval"} <= functions.keys()
@@ -838,6 +839,10 @@ def test_merged_template_passes_cfn_lint(stage, tmp_path):
                      require_vpc=False)
     assert result.template.suffix == ".yaml"
     cfn_lint(result.template)
+    # The stack takes no other Stage than the packaged one: a prod package deployed with
+    # Stage=dev would carry prod's settings under dev's names.
+    parameter = load_cfn(result.template)["Parameters"]["Stage"]
+    assert (parameter["AllowedValues"], parameter["Default"]) == ([stage], stage)
     # The approval events' stream subscription: this stack's stream, and the failure handling
     # chalice cannot write, merged into chalice's own (tests/test_events_deploy.py).
     from chalicelib.approvals.events import STREAM_MAPPING
@@ -986,12 +991,13 @@ def test_package_fails_loudly_when_dependencies_cannot_be_installed(tmp_path, mo
 
     monkeypatch.setattr(ops_package.subprocess, "run", lambda *a, **k: Completed())
     with pytest.raises(PackageError, match="could not install"):
-        package("dev", tmp_path, require_vpc=False)
+        package("dev", tmp_path, require_vpc=False, require_stream=False)
 
 
 def test_package_fails_over_the_size_budget(tmp_path):
     with pytest.raises(PackageError, match="over the budget"):
-        package("dev", tmp_path / "out", budget_bytes=1024, require_vpc=False)
+        package("dev", tmp_path / "out", budget_bytes=1024, require_vpc=False,
+                require_stream=False)
 
 
 def _clean_make_env() -> dict[str, str]:
@@ -1011,6 +1017,41 @@ def test_make_package_refuses_a_stage_without_vpc_settings(tmp_path):
     assert "Creating deployment package" not in completed.stdout + completed.stderr
 
 
+STREAM = "arn:aws:dynamodb:cn-north-1:111122223333:table/jinrun-approvals-dev/stream/2026-01-01T00:00:00.000"
+
+
+def _project_copy(tmp_path, stage: str, **settings) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / ".chalice", project / ".chalice",
+                    ignore=shutil.ignore_patterns("deployments", "venv", "deployed"))
+    config = json.loads((project / ".chalice" / "config.json").read_text(encoding="utf-8"))
+    config["stages"][stage].update(settings)
+    (project / ".chalice" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return project
+
+
+def test_a_package_without_the_approvals_stream_is_refused(tmp_path):
+    """Without the stream's ARN the events function would be subscribed to a stand-in that
+    does not exist (table/unset/stream/unset): refused before chalice runs, with the fix."""
+    project = _project_copy(tmp_path, "prod", subnet_ids=["subnet-0123456789abcdef0"],
+                            security_group_ids=["sg-0123456789abcdef0"])
+    with pytest.raises(PackageError) as refused:
+        package("prod", tmp_path / "out", project_dir=project)
+    assert "stage prod names no APPROVALS_STREAM_ARN" in str(refused.value)
+    assert "python -m ops.bootstrap --stage prod" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_local_stage_is_never_packaged(tmp_path):
+    """chalice itself fails on it with a KeyError traceback."""
+    completed = subprocess.run([sys.executable, "-m", "ops.package", "--stage", "local", "--out",
+                                str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60, check=False)
+    assert completed.returncode == 1
+    assert completed.stderr == ("error: stage local runs only in the sandbox (`make run`): it is "
+                                "never packaged or deployed; package dev or prod\n")
+
+
 def test_package_passes_the_guard_once_the_stage_opts_out(tmp_path, monkeypatch):
     """An account that needs no whitelist says so per stage, and then packages."""
     import ops.package as ops_package
@@ -1022,6 +1063,7 @@ def test_package_passes_the_guard_once_the_stage_opts_out(tmp_path, monkeypatch)
     config["stages"]["dev"].pop("subnet_ids")
     config["stages"]["dev"].pop("security_group_ids")
     config["stages"]["dev"]["vpc_opt_out"] = "Zeyi test accepts any IP for this account"
+    config["stages"]["dev"]["environment_variables"]["APPROVALS_STREAM_ARN"] = STREAM
     (project / ".chalice" / "config.json").write_text(json.dumps(config), encoding="utf-8")
     ran = []
 

@@ -105,7 +105,7 @@ def test_upload_answers_a_policy_that_pins_key_size_type_and_name(gateway, s3_en
 
 def test_s3_refuses_an_upload_of_another_size_or_type_than_the_policy_pins(gateway, s3_env):
     """Against moto server, which enforces a POST's policy through sandbox.s3_post_policy (moto
-    alone would store anything: docs/operations.md, section 14)."""
+    alone would store anything: docs/operations.md, "Attachments bucket, file links")."""
     status, answer = post(gateway, "/files", {"fileName": NAME, "contentType": "application/pdf",
                                               "size": len(PDF)})
     form = answer["result"]["upload"]
