@@ -406,7 +406,7 @@ def _answer_task_tokens(records: list[dict], outcome, settings: Settings) -> dic
 
     unanswered = task_tokens.answer_batch(
         records, store=_store(settings),
-        client=tracing.instrument(aws.client("stepfunctions")))
+        client=lambda: tracing.instrument(aws.client("stepfunctions")))
     if unanswered:
         outcome.failed = sorted(set(outcome.failed) | set(unanswered), key=int)
     return outcome.response

@@ -149,6 +149,30 @@ class SerializedApp:
         return body
 
 
+def install_task_failure_cause() -> None:
+    """Make moto's SendTaskFailure keep its ``cause``, as AWS does.
+
+    moto 5.2's response layer passes only ``error`` on to the execution, so a workflow that
+    catches the failure reads a null Cause; AWS hands it the cause the caller sent (the
+    approval's decision, for the gateway's task tokens)."""
+    from moto.stepfunctions.responses import StepFunctionResponse, get_backend
+
+    def send_task_failure(self):
+        backend = get_backend(self.current_account, self.region)
+        if getattr(type(backend), "__module__", "").endswith("parser.models"):
+            backend.send_task_failure(self._get_param("taskToken"),
+                                      error=self._get_param("error"),
+                                      cause=self._get_param("cause"))
+        else:
+            backend.send_task_failure(self._get_param("taskToken"),
+                                      error=self._get_param("error"))
+        from moto.core.responses import EmptyResult
+
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure
+
+
 def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m sandbox.moto_server")
@@ -162,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     install_one_stream_record_per_write()
+    install_task_failure_cause()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults

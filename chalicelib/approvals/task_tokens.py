@@ -66,7 +66,9 @@ def decision_of(detail: dict) -> dict:
 
 def answer_batch(records: list[dict], *, store, client) -> list[str]:
     """Answer the task tokens of the final statuses in a batch of stream records. Returns the
-    sequence numbers of the records whose token could not be answered yet (Lambda retries)."""
+    sequence numbers of the records whose token could not be answered yet (Lambda retries).
+    ``client()`` makes the Step Functions client: only a batch with a token to answer pays
+    for it; one with no final status reads nothing either."""
     finals: list[tuple[str, dict]] = []
     for record in records:
         try:
@@ -85,11 +87,13 @@ def answer_batch(records: list[dict], *, store, client) -> list[str]:
         logger.exception("task tokens could not be read")
         return [number for number, _ in finals]
     failed = []
+    sfn = None
     for number, detail in finals:
         task = tokens.get((detail["code"], detail["attemptId"]))
         if task is None or task.get("answeredAt") is not None:
             continue
-        if not _answer(task, detail, store=store, client=client):
+        sfn = sfn or client()
+        if not _answer(task, detail, store=store, client=sfn):
             failed.append(number)
     return failed
 
