@@ -173,6 +173,48 @@ def install_task_failure_cause() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure
 
 
+def install_replay_window_and_filter() -> None:
+    """Make moto's archive replays keep to their window and their ``FilterArns``, as AWS does.
+
+    moto 5.2 sends every archived event, whatever its time, to every rule on the bus. AWS
+    replays only the events whose time is within [EventStartTime, EventEndTime), and, when the
+    destination names ``FilterArns``, only to those rules (``ops events replay --rule``)."""
+    from datetime import datetime
+
+    import moto.events.models as models
+    from moto.core.utils import unix_time
+
+    def epoch(value) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        text = str(value)
+        try:
+            return float(text)
+        except ValueError:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    def replay_events(self, archive) -> None:
+        backend = models.events_backends[self.account_id][self.region]
+        bus = backend.describe_event_bus(self.destination["Arn"].split("/")[-1])
+        only = set(self.destination.get("FilterArns") or ())
+        start, end = epoch(self.event_start_time), epoch(self.event_end_time)
+        for event in archive.events:
+            if not start <= epoch(event.get("time", 0)) < end:
+                continue
+            for rule in bus.rules.values():
+                if only and rule.arn not in only:
+                    continue
+                rule.send_to_targets(dict(event, **{"id": str(models.random.uuid4()),
+                                                    "replay-name": self.name}),
+                                     transform_input=False)
+        self.state = models.ReplayState.COMPLETED
+        self.end_time = unix_time()
+
+    models.Replay.replay_events = replay_events
+
+
 def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m sandbox.moto_server")
@@ -187,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     install_one_stream_record_per_write()
     install_task_failure_cause()
+    install_replay_window_and_filter()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults
