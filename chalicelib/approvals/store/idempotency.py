@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from chalicelib.approvals.store.base import StoreBase, _n, _plain, _s
+from chalicelib.errors import ServiceUnavailableError
 
 IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
@@ -57,8 +58,10 @@ class IdempotencyStore(StoreBase):
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             item = exc.response.get("Item")
-            return idempotency_record(item) if item else self.idempotency_record(
-                put["Put"]["Item"]["pk"]["S"])
+            if not item:  # DynamoDB returns the item that failed the condition: it exists
+                raise ServiceUnavailableError("the idempotency key could not be read; try"
+                                              " again") from exc
+            return idempotency_record(item)
 
     def complete_idempotency_key(self, record_id: str, http_status: int, answer: dict) -> None:
         """Keep the first answer under the key: what every later request with it gets."""
