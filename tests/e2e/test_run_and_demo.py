@@ -300,6 +300,10 @@ def test_make_demo_runs_every_flow(stack):
     assert "Every step did what it should" in result.stdout
     for status in ("AGREED", "REFUSED", "CANCELLING", "TERMINATED", "APPROVAL_ACTIVE"):
         assert status in result.stdout
+    # The idempotent retry: the first answer again, one send at Zeyi, another body refused.
+    for line in ("✓ the retry got the first answer again: same status, same body",
+                 "✓ Zeyi received the send once", "✓ 422 IDEMPOTENCY_KEY_REUSED"):
+        assert line in result.stdout
     # The events the sandbox's internal app received, for each flow.
     for events in ("Submitted, Pending, Agreed", "Submitted, Pending, Refused",
                    "Submitted, Pending, Cancelling, Terminated", "Submitted, Pending"):
