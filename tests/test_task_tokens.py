@@ -10,12 +10,15 @@ real execution. The events function runs on the approvals table's real stream re
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+from chalicelib.approvals import task_tokens
 from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
 from chalicelib.runtime import aws
 from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, INBOUND, NONCES_TABLE, simulator
@@ -239,3 +242,23 @@ def test_an_unusable_token_is_refused_and_nothing_is_sent(gateway, zeyi, token):
                                                       "taskToken": token}).payload
     assert answer["errorCode"] == "VALIDATION_ERROR" and "taskToken" in answer["message"]
     assert zeyi.requests_log() == []
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !GetAtt) read as plain values."""
+
+
+_CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node))
+
+
+def test_the_example_catches_every_error_the_gateway_sends_and_its_template_fills_it():
+    text = EXAMPLE.read_text(encoding="utf-8")
+    definition = json.loads(text)
+    caught = {name for catcher in definition["States"]["Ask for approval"]["Catch"]
+              for name in catcher["ErrorEquals"]}
+    assert set(task_tokens.ERROR_NAMES.values()) | {"Approval.Revoked"} <= caught
+    source = EXAMPLE.parent.joinpath("approval_workflow.yaml").read_text(encoding="utf-8")
+    template = yaml.load(source, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    substitutions = template["Resources"]["ApprovalWorkflow"]["Properties"][
+        "DefinitionSubstitutions"]
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == set(substitutions)
