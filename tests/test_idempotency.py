@@ -285,3 +285,42 @@ def test_a_first_request_that_died_is_taken_over_after_its_lease(store, zeyi, cl
     assert status == 200 and answer["result"]["status"] == "PENDING"
     assert keyed_send(store, client, "phoenix") == (status, answer)
     assert len(zeyi.requests_log(kind="send")) == 1
+
+
+class _Context:
+    aws_request_id = "00000000-0000-4000-8000-000000000001"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 25_000
+
+
+def as_principal(user_arn: str, body: dict, key: str) -> tuple[int, dict]:
+    """A POST /audit/send as API Gateway hands it to the function, IAM-signed by ``user_arn``
+    (the Chalice test client cannot set the caller's identity)."""
+    import app as gateway_app
+
+    raw = json.dumps(body)
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    event = {"resource": "/audit/send", "path": "/audit/send", "httpMethod": "POST",
+             "headers": headers, "multiValueHeaders": {k: [v] for k, v in headers.items()},
+             "queryStringParameters": None, "multiValueQueryStringParameters": None,
+             "pathParameters": None, "stageVariables": None, "body": raw,
+             "isBase64Encoded": False,
+             "requestContext": {"resourcePath": "/audit/send", "httpMethod": "POST",
+                                "stage": "api", "requestId": "r-1", "path": "/api/audit/send",
+                                "identity": {"sourceIp": "10.0.0.1", "userArn": user_arn}}}
+    answer = gateway_app.app(event, _Context())
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def test_http_keys_are_scoped_to_the_iam_principal(gateway, zeyi):
+    purchasing = "arn:aws-cn:sts::123456789012:assumed-role/purchasing-app/session"
+    travel = "arn:aws-cn:sts::123456789012:assumed-role/travel-app/session"
+    first = as_principal(purchasing, send_body("IK-20"), "shared-key")
+    other = as_principal(travel, send_body("IK-21"), "shared-key")
+    assert first[0] == other[0] == 200
+    assert as_principal(purchasing, send_body("IK-20"), "shared-key") == first
+    assert as_principal(travel, send_body("IK-20"), "shared-key")[1]["errorCode"] == \
+        "IDEMPOTENCY_KEY_REUSED"
+    assert len(zeyi.requests_log(kind="send")) == 2
