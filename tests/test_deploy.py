@@ -410,6 +410,8 @@ def exercise_api_handler(gateway, zeyi, record):
         send = json.dumps(peer.send_body("POL-KEY")).encode()
         first = _ok(_http(gateway, "post", "/audit/send", send, keyed)[1])
         assert _http(gateway, "post", "/audit/send", send, keyed)[1] == first
+        refused = json.dumps({**peer.send_body(".POL"), "taskToken": "t"}).encode()
+        assert _http(gateway, "post", "/audit/send", refused)[0] == 400
         cancel = json.dumps(peer.cancel_body("POL-KEY")).encode()
         _ok(_http(gateway, "post", "/audit/cancel", cancel, {**keyed,
                                                              "Idempotency-Key": "pol-c"})[1])
@@ -439,6 +441,10 @@ def exercise_send_approval(gateway, zeyi, record):
         _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload)
         active = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
         assert active["errorCode"] == "APPROVAL_ACTIVE", active
+        # A workflow's send refused before its claim: its task is failed at once.
+        refused = gateway.lambda_.invoke("send_approval", {**peer.send_body(".POL"),
+                                                           "taskToken": "token"}).payload
+        assert refused["errorCode"] == "VALIDATION_ERROR", refused
         keyed = {**peer.send_body("POL-SK"), "idempotencyKey": "k", "taskToken": "token"}
         first = _ok(gateway.lambda_.invoke("send_approval", keyed).payload)
         again = gateway.lambda_.invoke("send_approval", keyed).payload

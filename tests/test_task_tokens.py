@@ -236,6 +236,23 @@ def test_only_the_attempt_that_carried_the_token_answers_it(gateway, zeyi, workf
     assert "taskAnswer" not in attempt_of(gateway, "TT-6")
 
 
+def test_a_send_the_gateway_refuses_fails_the_task_at_once(gateway, zeyi, workflows):
+    execution = workflows.start(".HT1", name="wf-invalid")  # a code may not start with a dot
+    answer = gateway.lambda_.invoke("send_approval", workflows.next_ask()).payload
+    assert answer["errorCode"] == "VALIDATION_ERROR"
+    done = workflows.finished(execution)
+    assert (done["status"], done.get("error")) == ("FAILED", "Approval.NotSent")
+    assert json.loads(done["cause"])["errorCode"] == "VALIDATION_ERROR"
+    # A code another request holds: refused as active, and the task fails as well.
+    assert gateway.lambda_.invoke("send_approval", send_body("TT-9")).payload["success"]
+    execution = workflows.start("TT-9")
+    answer = gateway.lambda_.invoke("send_approval", workflows.next_ask()).payload
+    assert answer["errorCode"] == "APPROVAL_ACTIVE"
+    done = workflows.finished(execution)
+    assert (done["status"], done.get("error")) == ("FAILED", "Approval.NotSent")
+    assert len(zeyi.requests_log(kind="send")) == 1
+
+
 @pytest.mark.parametrize("token", ["", 7, "x" * 2049])
 def test_an_unusable_token_is_refused_and_nothing_is_sent(gateway, zeyi, token):
     answer = gateway.lambda_.invoke("send_approval", {**send_body("TT-8"),
@@ -256,7 +273,8 @@ def test_the_example_catches_every_error_the_gateway_sends_and_its_template_fill
     definition = json.loads(text)
     caught = {name for catcher in definition["States"]["Ask for approval"]["Catch"]
               for name in catcher["ErrorEquals"]}
-    assert set(task_tokens.ERROR_NAMES.values()) | {"Approval.Revoked"} <= caught
+    assert set(task_tokens.ERROR_NAMES.values()) | {"Approval.Revoked",
+                                                    task_tokens.NOT_SENT} <= caught
     source = EXAMPLE.parent.joinpath("approval_workflow.yaml").read_text(encoding="utf-8")
     template = yaml.load(source, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
     substitutions = template["Resources"]["ApprovalWorkflow"]["Properties"][

@@ -136,11 +136,13 @@ def send(key: Key | None, *, store, run, lease_seconds: int, more_items=None) ->
         answer = run(keyed)
     except ClaimItemRefused as refused:
         return _first_answer(idempotency_record(refused.old_items[0]), key, store)
-    except ApprovalActiveError:
+    except ApprovalActiveError as active:
         # Blocked before the claim's write: by this key's own first request, or by another one.
         record = store.idempotency_record(key.record_id)
-        if record is None or (record.get("fingerprint") == key.fingerprint
-                              and _abandoned(record, store)):
+        if record is None:
+            raise
+        if record.get("fingerprint") == key.fingerprint and _abandoned(record, store):
+            active.own_first_try = True  # its claim holds the code (and any task token)
             raise
         return _first_answer(record, key, store)
     except GatewayError as exc:

@@ -38,6 +38,8 @@ ERROR_NAMES = {
 if hasattr(states, "REVOKED"):
     ERROR_NAMES[states.REVOKED] = "Approval.Revoked"
 FINAL = SUCCESS | set(ERROR_NAMES)
+# A send refused before anything was recorded: no final status will ever answer its token.
+NOT_SENT = "Approval.NotSent"
 GONE = frozenset({"TaskDoesNotExist", "TaskTimedOut", "InvalidToken"})
 # SendTaskFailure's limits: error 256 characters, cause 32768.
 CAUSE_MAX_CHARS = 32768
@@ -135,3 +137,22 @@ def _answer(task: dict, detail: dict, *, store, client) -> bool:
     if answer["outcome"] == "answered":
         logger.info("task token answered", extra={**where, "error": error})
     return True
+
+
+def refuse(token: str, error, *, client) -> None:
+    """Fail the workflow's task at once with ``NOT_SENT`` and the refusal (errorCode, message,
+    result) as cause: the send was refused before its claim, so nothing recorded will ever
+    answer the token, and the workflow would otherwise wait until its timeout. A failure to
+    answer is logged; the caller's answer does not change."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    cause = json.dumps({"errorCode": error.error_code, "message": error.message,
+                        "result": error.result}, ensure_ascii=False, default=str)
+    try:
+        client.send_task_failure(taskToken=token, error=NOT_SENT, cause=cause[:CAUSE_MAX_CHARS])
+    except (ClientError, BotoCoreError) as exc:
+        reason = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) \
+            else type(exc).__name__
+        logger.warning("task token of a refused send not answered", extra={"reason": reason})
+        return
+    logger.info("task token of a refused send answered", extra={"error": NOT_SENT})
