@@ -15,12 +15,8 @@ from chalice import Chalice, IAMAuthorizer, Rate, Response
 from chalicelib.approvals import events, inbound, states
 from chalicelib.approvals.store import DynamoDBApprovalStore
 from chalicelib.errors import (
-    ApprovalActiveError,
     BodyInvalidError,
-    BodyTooLargeError,
     GatewayError,
-    IdempotencyKeyInvalidError,
-    IdempotencyKeyReusedError,
     MethodNotAllowedError,
     ValidationError,
 )
@@ -261,12 +257,13 @@ def _send(payload, *, given_key=None, caller: str = "anonymous"):
     settings = load_settings()
     store = _store(settings)
     body, token = task_tokens.split_payload(payload)
-    try:
+    more_items = None
+    if token is not None:
+        def more_items(attempt_id):
+            return [store.task_token_put(body["code"], attempt_id, token)]
+    with task_tokens.failed_at_once_when_refused(
+            token, lambda: tracing.instrument(aws.client("stepfunctions"))):
         key = idempotency.key_of(given_key, caller=caller, operation="send", request=payload)
-        more_items = None
-        if token is not None:
-            def more_items(attempt_id):
-                return [store.task_token_put(body["code"], attempt_id, token)]
         with telemetry.zeyi_outcome(metrics.SENDS, accepted=states.PENDING):
             return idempotency.send(
                 key, store=store, lease_seconds=settings.submit_lease_seconds,
@@ -274,14 +271,6 @@ def _send(payload, *, given_key=None, caller: str = "anonymous"):
                     body, store=claims, zeyi=_zeyi_client(settings),
                     lease_seconds=settings.submit_lease_seconds,
                     correlation_id=_correlation_id()))
-    except (ValidationError, BodyTooLargeError, IdempotencyKeyInvalidError,
-            IdempotencyKeyReusedError, ApprovalActiveError) as refused:
-        # Refused before its claim: no final status will answer the workflow's token, unless
-        # the code is held by this request's own first try, whose claim keeps the token.
-        if token is not None and not getattr(refused, "own_first_try", False):
-            task_tokens.refuse(token, refused,
-                               client=tracing.instrument(aws.client("stepfunctions")))
-        raise
 
 
 def _cancel(payload, *, given_key=None, caller: str = "anonymous"):

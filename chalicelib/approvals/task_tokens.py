@@ -20,9 +20,16 @@ between the call and its record answers again, and Step Functions refuses that s
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 from chalicelib.approvals import events, states
-from chalicelib.errors import ValidationError
+from chalicelib.errors import (
+    ApprovalActiveError,
+    BodyTooLargeError,
+    IdempotencyKeyInvalidError,
+    IdempotencyKeyReusedError,
+    ValidationError,
+)
 from chalicelib.runtime.logs import logger
 
 PAYLOAD_FIELD = "taskToken"
@@ -40,6 +47,8 @@ if hasattr(states, "REVOKED"):
 FINAL = SUCCESS | set(ERROR_NAMES)
 # A send refused before anything was recorded: no final status will ever answer its token.
 NOT_SENT = "Approval.NotSent"
+REFUSED_BEFORE_CLAIM = (ValidationError, BodyTooLargeError, IdempotencyKeyInvalidError,
+                        IdempotencyKeyReusedError, ApprovalActiveError)
 GONE = frozenset({"TaskDoesNotExist", "TaskTimedOut", "InvalidToken"})
 # SendTaskFailure's limits: error 256 characters, cause 32768.
 CAUSE_MAX_CHARS = 32768
@@ -137,6 +146,20 @@ def _answer(task: dict, detail: dict, *, store, client) -> bool:
     if answer["outcome"] == "answered":
         logger.info("task token answered", extra={**where, "error": error})
     return True
+
+
+@contextmanager
+def failed_at_once_when_refused(token: str | None, client):
+    """Around a send: when it is refused before its claim, fail the workflow's task now
+    (``refuse``), since no final status will ever answer it; unless the code is held by this
+    very request's own first try (a keyed retry), whose claim keeps the token. ``client()``
+    makes the Step Functions client, on that path only."""
+    try:
+        yield
+    except REFUSED_BEFORE_CLAIM as refused:
+        if token is not None and not getattr(refused, "own_first_try", False):
+            refuse(token, refused, client=client())
+        raise
 
 
 def refuse(token: str, error, *, client) -> None:
