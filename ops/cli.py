@@ -183,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true",
                         help="say which records each message names; publish nothing")
     replay.set_defaults(handler=events.replay_dlq_command)
+    archive_replay = events_group.add_parser(
+        "replay", parents=[stage], help="replay a period of the archive to one consumer's rule",
+        description="Send the approval events of a period again, from the bus's archive, to "
+                    "one rule only (EventBridge StartReplay with FilterArns): the consumer "
+                    "that lost them gets them (same eventId), and no other consumer does.")
+    archive_replay.add_argument("--since", required=True, metavar="TIME",
+                                help="start of the period: ISO 8601 (UTC unless an offset is "
+                                     "given) or epoch ms")
+    archive_replay.add_argument("--until", required=True, metavar="TIME",
+                                help="end of the period (excluded), as --since")
+    archive_replay.add_argument("--rule", required=True, metavar="NAME",
+                                help="the consumer's rule on the stage's bus")
+    archive_replay.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                                help="wait up to this long for the replay to end (default: "
+                                     "do not wait)")
+    archive_replay.set_defaults(handler=events.replay_command)
     mapping = events_group.add_parser(
         "configure-mapping", parents=[stage],
         help="failure handling of the events function's stream subscription",

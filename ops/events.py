@@ -8,6 +8,8 @@
 - ``events configure-mapping``: what ``chalice deploy`` cannot set on the function's stream
   subscription (partial batch failures, bisection, bounded retries, the dead-letter queue).
   ``python -m ops deploy`` runs it after every deploy.
+- ``events replay``: replay a period of the bus's archive to one consumer's rule only
+  (StartReplay with ``FilterArns``); the other consumers see nothing again.
 - ``events replay-dlq``: publish again the stream records whose events ended in the
   dead-letter queue. A message there is Lambda's on-failure record: it names the shard and the
   range of sequence numbers, not the records, so the records are read back from the stream,
@@ -23,7 +25,7 @@ from datetime import datetime
 
 from chalicelib.approvals import events
 from chalicelib.runtime import settings
-from ops.common import ACTED, FAILED, NOTHING_TO_DO, OpsError, aws_session, client, error_code
+from ops.common import ACTED, FAILED, NOTHING_TO_DO, WAIT, OpsError, aws_session, client, error_code
 from ops.stage_config import LOCAL_STAGES, Stage, load_stage
 
 ARCHIVE_RETENTION_DAYS = 365
@@ -383,6 +385,9 @@ def replay_dlq_command(args) -> int:
     resources = EventResources.of(stage)
     sqs_client = client(session, "sqs")
     queue_url, _ = queue_url_and_arn(sqs_client, resources.dead_letter_queue)
+    # The events go back on the bus: every rule that takes approval events sees them.
+    print(f"consumers that will see the replayed events (rules on {resources.bus}):"
+          f" {describe_consumers(consumers(client(session, 'events'), resources.bus))}")
     replayed, left = replay_dead_letters(
         sqs_client, client(session, "dynamodbstreams"), client(session, "events"),
         queue_url=queue_url, bus_name=resources.bus, max_messages=args.max_messages,
@@ -397,3 +402,119 @@ def replay_dlq_command(args) -> int:
     print(f"{replayed} message(s) replayed and removed from {resources.dead_letter_queue}; "
           f"{left} left in it")
     return FAILED if left else ACTED
+
+
+# -- replaying the archive to one consumer -------------------------------------------------------
+
+def _takes_approval_events(rule: dict) -> bool:
+    """Whether a rule's pattern lets the approval events through by their source (a rule that
+    filters on more, such as a detail-type, may take fewer of them)."""
+    try:
+        pattern = json.loads(rule.get("EventPattern") or "null")
+    except ValueError:
+        return False
+    if not isinstance(pattern, dict):
+        return False
+    sources = pattern.get("source")
+    return sources is None or (isinstance(sources, list) and events.SOURCE in sources)
+
+
+def consumers(events_client, bus_name: str) -> list[dict]:
+    """The rules on the bus that take approval events: who sees an event published on it.
+    Each: ``Name``, ``Arn``, ``State``, and ``ManagedBy`` (the archive's own rule)."""
+    found, token = [], None
+    while True:
+        page = events_client.list_rules(EventBusName=bus_name,
+                                        **({"NextToken": token} if token else {}))
+        found += [rule for rule in page.get("Rules", []) if _takes_approval_events(rule)]
+        token = page.get("NextToken")
+        if not token:
+            return sorted(found, key=lambda rule: rule["Name"])
+
+
+def describe_consumers(rules: list[dict]) -> str:
+    names = [rule["Name"] + ("" if rule.get("State", "ENABLED") == "ENABLED" else " (disabled)")
+             for rule in rules if not rule.get("ManagedBy")]
+    return ", ".join(names) if names else "none"
+
+
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 time (``2026-01-31T00:00:00Z``; UTC when no offset is given) or epoch ms."""
+    from datetime import UTC
+
+    try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise OpsError(f"{text!r} is not a time: use ISO 8601 (2026-01-31T00:00:00Z) or epoch"
+                       " ms") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def replay_name(rule: str, since: datetime) -> str:
+    """EventBridge's replay name: at most 64 of [.-_A-Za-z0-9], unique per start."""
+    import re
+
+    stem = re.sub(r"[^.\-_A-Za-z0-9]", "-", rule)[:40]
+    return f"{stem}-{since:%Y%m%dT%H%M%S}-{datetime.now():%H%M%S}"[:64]
+
+
+def replay_to_rule(events_client, resources: EventResources, *, rule: str, since: datetime,
+                   until: datetime, name: str | None = None) -> dict:
+    """Start an archive replay of [since, until) to the one rule ``rule`` (StartReplay's
+    ``FilterArns``): only its targets see the events again. Returns StartReplay's answer with
+    ``ReplayName``. Raises OpsError for a rule that is not on the bus or takes no approval
+    events, or a window that is empty."""
+    if since >= until:
+        raise OpsError("--since must be before --until")
+    known = consumers(events_client, resources.bus)
+    chosen = [found for found in known if found["Name"] == rule and not found.get("ManagedBy")]
+    if not chosen:
+        raise OpsError(f"no rule {rule!r} on {resources.bus} takes approval events; the rules"
+                       f" that do: {describe_consumers(known)}")
+    archive_arn = events_client.describe_archive(ArchiveName=resources.archive)["ArchiveArn"]
+    bus_arn = events_client.describe_event_bus(Name=resources.bus)["Arn"]
+    name = name or replay_name(rule, since)
+    answer = events_client.start_replay(
+        ReplayName=name, EventSourceArn=archive_arn, EventStartTime=since, EventEndTime=until,
+        Destination={"Arn": bus_arn, "FilterArns": [chosen[0]["Arn"]]},
+        Description=f"approval events {since:%Y-%m-%dT%H:%M:%SZ} to "
+                    f"{until:%Y-%m-%dT%H:%M:%SZ} for rule {rule} only")
+    return {**answer, "ReplayName": name}
+
+
+def wait_for_replay(events_client, name: str, *, seconds: float, sleep=None,
+                    clock=None) -> str:
+    """The replay's state once it ends (COMPLETED, FAILED, CANCELLED), or its state when
+    ``seconds`` have passed."""
+    import time
+
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    deadline = clock() + seconds
+    while True:
+        state = events_client.describe_replay(ReplayName=name)["State"]
+        if state in ("COMPLETED", "FAILED", "CANCELLED") or clock() >= deadline:
+            return state
+        sleep(2.0)
+
+
+def replay_command(args) -> int:
+    stage = load_stage(args.stage, args.config)
+    session = aws_session(args.region)
+    resources = EventResources.of(stage)
+    events_client = client(session, "events")
+    since, until = parse_moment(args.since), parse_moment(args.until)
+    started = replay_to_rule(events_client, resources, rule=args.rule, since=since,
+                             until=until)
+    print(f"replay {started['ReplayName']} started: approval events from"
+          f" {since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ} from the archive"
+          f" {resources.archive}, to rule {args.rule} only; no other consumer sees them")
+    if args.wait <= 0:
+        return ACTED
+    state = wait_for_replay(events_client, started["ReplayName"], seconds=args.wait)
+    print(f"replay {started['ReplayName']}: {state}")
+    if state == "COMPLETED":
+        return ACTED
+    return FAILED if state in ("FAILED", "CANCELLED") else WAIT

@@ -204,7 +204,7 @@ class Demo:
     def files(self, code: str) -> None:
         from urllib.parse import unquote
 
-        self.step(f"5. {FILE_NAME}: upload it, send {code} with its fileId, click the link")
+        self.step(f"6. {FILE_NAME}: upload it, send {code} with its fileId, click the link")
         answer = requests.post(f"{self.gateway}/files", json={
             "fileName": FILE_NAME, "contentType": "application/pdf", "size": len(FILE_BYTES)},
             timeout=30)
@@ -297,9 +297,35 @@ class Demo:
         self.out("  …and a refused send changes nothing, so it is no event:")
         self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
+        keyed = f"DEMO-{suffix}-K"
+        key = f"demo-{suffix}-order-4711"
+        self.step(f"5. send {keyed} with Idempotency-Key {key}, then retry it, as a client does"
+                  " after a timeout")
+        if keyed not in self.codes:
+            self.codes.append(keyed)
+        answers = []
+        for label in ("first try", "retry"):
+            response = requests.post(f"{self.gateway}/audit/send", json=send_body(keyed),
+                                     headers={"Idempotency-Key": key}, timeout=30)
+            answers.append((response.status_code, self.show(f"POST /audit/send {keyed}"
+                                                            f" ({label})", response)))
+        self.expect(answers[0][0] == 200 and answers[1] == answers[0],
+                    "the retry got the first answer again: same status, same body")
+        sent = requests.get(f"{self.zeyi}/_control/requests", params={"kind": "send",
+                                                                      "code": keyed},
+                            timeout=30).json().get("requests", [])
+        self.expect(len(sent) == 1, "Zeyi received the send once")
+        response = requests.post(f"{self.gateway}/audit/send",
+                                 json={**send_body(keyed), "orgCode": "OTHER"},
+                                 headers={"Idempotency-Key": key}, timeout=30)
+        payload = self.show(f"POST /audit/send {keyed} (same key, another body)", response)
+        self.expect(response.status_code == 422
+                    and (payload or {}).get("errorCode") == "IDEMPOTENCY_KEY_REUSED",
+                    "422 IDEMPOTENCY_KEY_REUSED")
+
         self.files(f"DEMO-{suffix}-F")
 
-        self.step("6. GET /audit/{code} for each")
+        self.step("7. GET /audit/{code} for each")
         for code in self.codes:
             response = requests.get(f"{self.gateway}/audit/{code}", timeout=30)
             result = (response.json() or {}).get("result") or {}

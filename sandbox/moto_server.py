@@ -219,6 +219,72 @@ class SerializedApp:
         return body
 
 
+def install_task_failure_cause() -> None:
+    """Make moto's SendTaskFailure keep its ``cause``, as AWS does.
+
+    moto 5.2's response layer passes only ``error`` on to the execution, so a workflow that
+    catches the failure reads a null Cause; AWS hands it the cause the caller sent (the
+    approval's decision, for the gateway's task tokens)."""
+    from moto.stepfunctions.responses import StepFunctionResponse, get_backend
+
+    def send_task_failure(self):
+        backend = get_backend(self.current_account, self.region)
+        if getattr(type(backend), "__module__", "").endswith("parser.models"):
+            backend.send_task_failure(self._get_param("taskToken"),
+                                      error=self._get_param("error"),
+                                      cause=self._get_param("cause"))
+        else:
+            backend.send_task_failure(self._get_param("taskToken"),
+                                      error=self._get_param("error"))
+        from moto.core.responses import EmptyResult
+
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure
+
+
+def install_replay_window_and_filter() -> None:
+    """Make moto's archive replays keep to their window and their ``FilterArns``, as AWS does.
+
+    moto 5.2 sends every archived event, whatever its time, to every rule on the bus. AWS
+    replays only the events whose time is within [EventStartTime, EventEndTime), and, when the
+    destination names ``FilterArns``, only to those rules (``ops events replay --rule``)."""
+    from datetime import datetime
+
+    import moto.events.models as models
+    from moto.core.utils import unix_time
+
+    def epoch(value) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        text = str(value)
+        try:
+            return float(text)
+        except ValueError:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    def replay_events(self, archive) -> None:
+        backend = models.events_backends[self.account_id][self.region]
+        bus = backend.describe_event_bus(self.destination["Arn"].split("/")[-1])
+        only = set(self.destination.get("FilterArns") or ())
+        start, end = epoch(self.event_start_time), epoch(self.event_end_time)
+        for event in archive.events:
+            if not start <= epoch(event.get("time", 0)) < end:
+                continue
+            for rule in bus.rules.values():
+                if only and rule.arn not in only:
+                    continue
+                rule.send_to_targets(dict(event, **{"id": str(models.random.uuid4()),
+                                                    "replay-name": self.name}),
+                                     transform_input=False)
+        self.state = models.ReplayState.COMPLETED
+        self.end_time = unix_time()
+
+    models.Replay.replay_events = replay_events
+
+
 def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m sandbox.moto_server")
@@ -234,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     install_one_stream_record_per_write()
     install_transaction_item_authorization()
     install_unique_stream_subscriptions()
+    install_task_failure_cause()
+    install_replay_window_and_filter()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
     app = FaultInjector(DomainDispatcherApplication(create_backend_app))  # sandbox.aws_faults

@@ -53,7 +53,7 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # test_functions_call_only_known_services until it is added here, to the recorder's
 # _resource_names and to the policy files.
 KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "events": "events",
-                  "s3": "s3"}
+                  "s3": "s3", "stepfunctions": "states"}
 # S3 calls authorised as another action: HeadObject is s3:GetObject, and a presigned request is
 # authorised when it is used, as the action it presigns (a presigned POST is s3:PutObject).
 # botocore emits a presigned POST's parameters under the CreateBucket operation model (no code
@@ -67,6 +67,9 @@ S3_ACTIONS = {"HeadObject": ("GetObject",), "GetObject": ("GetObject",),
 # under uploads/, reads cover every object a send may name.
 S3_SCOPES = {"s3:GetObject": "/*", "s3:PutObject": "/uploads/*",
              "s3:PutObjectTagging": "/uploads/*"}
+# Answering a workflow's task token: the token names no resource IAM can check (a callback
+# task's token is not an activity's), so these two are allowed on Resource *.
+TASK_TOKEN_ACTIONS = {"states:SendTaskSuccess", "states:SendTaskFailure"}
 # IAM prefixes that only the Lambda service uses with a function's role, never the code: an
 # event source mapping's on-failure destination (the approval events' dead-letter queue).
 SERVICE_ONLY_PREFIXES = {"sqs"}
@@ -371,6 +374,8 @@ def _recorded(model, params) -> set[tuple[str, str]]:
     if service == "events":
         return {(f"{prefix}:{operation}", _setting_of(entry.get("EventBusName", "default")))
                 for entry in params["Entries"]}
+    if service == "stepfunctions":
+        return {(f"{prefix}:{operation}", "*")}
     if operation in {"TransactWriteItems", "TransactGetItems"}:
         found = set()
         for item in params["TransactItems"]:
@@ -420,6 +425,17 @@ def exercise_api_handler(gateway, zeyi, record):
         _ok(_http(gateway, "get", "/audit/POL-API")[1])
         cancel = json.dumps(peer.cancel_body("POL-API")).encode()
         _ok(_http(gateway, "post", "/audit/cancel", cancel)[1])
+        # Idempotency keys: a keyed send and its retry (the first answer read back), a keyed
+        # cancel.
+        keyed = {"Content-Type": "application/json", "Idempotency-Key": "pol-key"}
+        send = json.dumps(peer.send_body("POL-KEY")).encode()
+        first = _ok(_http(gateway, "post", "/audit/send", send, keyed)[1])
+        assert _http(gateway, "post", "/audit/send", send, keyed)[1] == first
+        refused = json.dumps({**peer.send_body(".POL"), "taskToken": "t"}).encode()
+        assert _http(gateway, "post", "/audit/send", refused)[0] == 400
+        cancel = json.dumps(peer.cancel_body("POL-KEY")).encode()
+        _ok(_http(gateway, "post", "/audit/cancel", cancel, {**keyed,
+                                                             "Idempotency-Key": "pol-c"})[1])
         ended = dict(code="POL-API", businessId="proc-2", type="terminate", result=None)
         assert _callback(gateway, token, **ended)["disposition"] == "applied"
         # A finish after its own instance's terminate was first at Zeyi; then nothing moves.
@@ -486,14 +502,27 @@ def exercise_send_approval(gateway, zeyi, record):
         missing = gateway.lambda_.invoke("send_approval",
                                          _with_file("POL-SM", "file-" + "0" * 32)).payload
         assert missing["errorCode"] == "VALIDATION_ERROR", missing
+        # A workflow's send refused before its claim: its task is failed at once.
+        refused = gateway.lambda_.invoke("send_approval", {**peer.send_body(".POL"),
+                                                           "taskToken": "token"}).payload
+        assert refused["errorCode"] == "VALIDATION_ERROR", refused
+        keyed = {**peer.send_body("POL-SK"), "idempotencyKey": "k", "taskToken": "token"}
+        first = _ok(gateway.lambda_.invoke("send_approval", keyed).payload)
+        again = gateway.lambda_.invoke("send_approval", keyed).payload
+        assert again["result"]["attemptId"] == first["result"]["attemptId"], again
 
 
 def exercise_cancel_approval(gateway, zeyi, record):
     _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-C")).payload)
+    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-CK")).payload)
     with record():
         _ok(gateway.lambda_.invoke("cancel_approval", peer.cancel_body("POL-C")).payload)
         again = gateway.lambda_.invoke("cancel_approval", peer.cancel_body("POL-C")).payload
         assert again["errorCode"] == "APPROVAL_NOT_CANCELLABLE", again
+        keyed = {**peer.cancel_body("POL-CK"), "idempotencyKey": "k"}
+        first = _ok(gateway.lambda_.invoke("cancel_approval", keyed).payload)
+        again = gateway.lambda_.invoke("cancel_approval", keyed).payload
+        assert again["result"]["attemptId"] == first["result"]["attemptId"], again
 
 
 def exercise_get_approval(gateway, zeyi, record):
@@ -510,7 +539,13 @@ def exercise_publish_approval_events(gateway, zeyi, record):
     from tests.events_support import create_bus, stream_records
 
     create_bus(os.environ[settings.EVENT_BUS_NAME])
-    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-E")).payload)
+    # A workflow's send: its task token is answered when the approval ends.
+    _ok(gateway.lambda_.invoke("send_approval", {**peer.send_body("POL-E"),
+                                                 "taskToken": "a-workflows-token"}).payload)
+    zeyi.add_fault("send", "refuse")  # FAILED: the workflow's task fails
+    refused = gateway.lambda_.invoke("send_approval", {**peer.send_body("POL-EF"),
+                                                       "taskToken": "another-token"}).payload
+    assert refused["result"]["status"] == "FAILED", refused
     body = b"{}"
     token = json.loads(gateway.http.post("/auth/token", body=body, headers=peer.signed_headers(
         body)).body)["result"]["accessToken"]
@@ -609,6 +644,8 @@ def stage_env(name: str) -> dict[str, str]:
 
 
 def resource_arn(stage_name: str, setting: str) -> str:
+    if setting == "*":
+        return "*"
     setting, _, index = setting.partition("/index/")
     if setting.startswith(settings.ATTACHMENTS_BUCKET):
         bucket, scope = setting.split("/", 1)
@@ -726,10 +763,10 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
         assert len(prefixes) == 1, f"{name}: one service per statement, got {prefixes}"
         prefix = prefixes.pop()
         if resources == {"*"}:
-            assert prefix in {"ec2", "xray"}, (
-                f"{name}: Resource * is only for the VPC ENI and X-Ray actions")
-            assert actions <= VPC_ENI_ACTIONS | XRAY_ACTIONS, (
-                f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS}")
+            assert prefix in {"ec2", "xray", "states"}, (
+                f"{name}: Resource * is only for the VPC ENI, X-Ray and task-token actions")
+            assert actions <= VPC_ENI_ACTIONS | XRAY_ACTIONS | TASK_TOKEN_ACTIONS, (
+                f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS - TASK_TOKEN_ACTIONS}")
             continue
         for resource in resources:
             if prefix == "s3":  # S3 ARNs name no region and no account

@@ -72,6 +72,8 @@ COMMANDS = [
     ["config", "fill-vpc"],
     ["config", "fill-stream"],
     ["events", "replay-dlq"],
+    ["events", "replay", "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z",
+     "--rule", "finance-app"],
     ["events", "configure-mapping"],
     ["deploy", "--dry-run"],
 ]

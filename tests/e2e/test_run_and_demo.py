@@ -300,6 +300,10 @@ def test_make_demo_runs_every_flow(stack):
     assert "Every step did what it should" in result.stdout
     for status in ("AGREED", "REFUSED", "CANCELLING", "TERMINATED", "APPROVAL_ACTIVE"):
         assert status in result.stdout
+    # The idempotent retry: the first answer again, one send at Zeyi, another body refused.
+    for line in ("✓ the retry got the first answer again: same status, same body",
+                 "✓ Zeyi received the send once", "✓ 422 IDEMPOTENCY_KEY_REUSED"):
+        assert line in result.stdout
     # The events the sandbox's internal app received, for each flow.
     for events in ("Submitted, Pending, Agreed", "Submitted, Pending, Refused",
                    "Submitted, Pending, Cancelling, Terminated", "Submitted, Pending"):
@@ -313,7 +317,7 @@ def test_make_demo_runs_every_flow(stack):
     for clumsy in ("try(ies)", "attempt(s)", "callback(s)", "terminate/-"):
         assert clumsy not in result.stdout
     codes = set(re.findall(r"DEMO-[^ ,:]+", result.stdout))
-    assert len(codes) == 5 and max(map(len, codes)) <= 15, codes
+    assert len(codes) == 6 and max(map(len, codes)) <= 15, codes
     lines = result.stdout.splitlines()
     cancel = next(code for code in codes if code.endswith("-C"))
 
