@@ -385,9 +385,6 @@ def replay_dlq_command(args) -> int:
     resources = EventResources.of(stage)
     sqs_client = client(session, "sqs")
     queue_url, _ = queue_url_and_arn(sqs_client, resources.dead_letter_queue)
-    # The events go back on the bus: every rule that takes approval events sees them.
-    print(f"consumers that will see the replayed events (rules on {resources.bus}):"
-          f" {describe_consumers(consumers(client(session, 'events'), resources.bus))}")
     replayed, left = replay_dead_letters(
         sqs_client, client(session, "dynamodbstreams"), client(session, "events"),
         queue_url=queue_url, bus_name=resources.bus, max_messages=args.max_messages,
@@ -395,6 +392,10 @@ def replay_dlq_command(args) -> int:
     if not replayed and not left:
         print(f"{resources.dead_letter_queue} is empty: nothing to replay")
         return NOTHING_TO_DO
+    # The events go back on the bus: every rule that takes approval events sees them.
+    print(f"consumers that {'would see' if args.dry_run else 'see'} the replayed events (rules"
+          f" on {resources.bus}):"
+          f" {describe_consumers(consumers(client(session, 'events'), resources.bus))}")
     if args.dry_run:
         print(f"{left} message(s) in {resources.dead_letter_queue} looked at; nothing published"
               " (--dry-run)")

@@ -85,10 +85,13 @@ def test_the_commands_name_the_rule_and_the_consumers(empty_aws, capsys, tmp_pat
     Subscriber(bus_name, "ops-notices", source=events.OPERATIONS_SOURCE)
     capsys.readouterr()
 
+    sqs = aws.client("sqs")
+    sqs.send_message(QueueUrl=sqs.get_queue_url(QueueName=f"{bus_name}-dlq")["QueueUrl"],
+                     MessageBody="{}")
     status, out, _ = run_ops(capsys, "events", "replay-dlq", "--stage", "dev",
-                             "--config", config)
+                             "--config", config, "--dry-run")
     assert status == 0
-    assert (f"consumers that will see the replayed events (rules on {bus_name}): finance,"
+    assert (f"consumers that would see the replayed events (rules on {bus_name}): finance,"
             " purchasing") in out
 
     detail = json.dumps({"code": "RP-CLI", "eventId": "RP-CLI", "status": "PENDING"})
