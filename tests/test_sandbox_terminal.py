@@ -3,7 +3,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sandbox.stack import PROJECT_DIR
+
+pytestmark = pytest.mark.process  # every test here starts a Python process
 
 LINES = 3000
 WRITER = """
