@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_deploy import ROOT
+
+pytestmark = pytest.mark.process  # every test here starts a Python process
 
 
 def test_the_benchmark_runs_and_counts_each_operations_aws_calls():

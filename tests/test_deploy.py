@@ -827,6 +827,7 @@ def _region_for_chalice(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "cn-north-1")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_chalice_package_builds_every_stage(stage, tmp_path):
     # The committed config names no stream (the bootstrap writes it per account).
@@ -870,6 +871,7 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         assert {"chalicelib", "app.py"} <= {e.split("/")[0] for e in archive.namelist()}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_merged_template_passes_cfn_lint(stage, tmp_path):
     result = package(stage, tmp_path / "out", merge_template=ROOT / "infra" / "resources.yaml",
@@ -968,6 +970,7 @@ def test_resources_template_denies_deleting_every_secret():
     assert protected == secrets
 
 
+@pytest.mark.process
 def test_vpc_egress_template_passes_cfn_lint():
     cfn_lint(ROOT / "infra" / "vpc-egress.yaml")
     template = load_cfn(ROOT / "infra" / "vpc-egress.yaml")
@@ -981,6 +984,7 @@ def test_vpc_egress_template_passes_cfn_lint():
         assert template["Resources"][f"EgressIp{suffix}"]["DeletionPolicy"] == "Retain"
 
 
+@pytest.mark.process
 def test_vpc_and_resource_policy_configuration_packages(tmp_path):
     """What docs/operations.md tells the operator to add once the VPC stack exists: subnets and
     security group for the stage, and optionally the API resource policy. Built on a copy."""
@@ -1031,6 +1035,7 @@ def test_package_fails_loudly_when_dependencies_cannot_be_installed(tmp_path, mo
         package("dev", tmp_path, require_vpc=False, require_stream=False)
 
 
+@pytest.mark.process
 def test_package_fails_over_the_size_budget(tmp_path):
     with pytest.raises(PackageError, match="over the budget"):
         package("dev", tmp_path / "out", budget_bytes=1024, require_vpc=False,
@@ -1041,6 +1046,7 @@ def _clean_make_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
 
 
+@pytest.mark.process
 def test_make_package_refuses_a_stage_without_vpc_settings(tmp_path):
     # The committed config has empty VPC settings until `ops config fill-vpc` fills them.
     completed = subprocess.run(

@@ -145,6 +145,7 @@ def test_every_command_says_what_is_missing_in_one_line(command, missing, messag
         assert err.count("\n") == 1, err
 
 
+@pytest.mark.process
 def test_the_module_entry_point_runs_as_documented(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),

@@ -7,6 +7,8 @@ import pytest
 
 from sandbox.stack import PROJECT_DIR
 
+pytestmark = pytest.mark.process  # every test here starts a Python process
+
 LINES = 3000
 WRITER = """
 import sys

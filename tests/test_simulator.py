@@ -581,6 +581,7 @@ def test_protocol_module_matches_the_sdk_vectors():
     assert zeyi_protocol.gson_dumps(json.loads(gson)) == gson
 
 
+@pytest.mark.process
 def test_simulator_is_independent_of_the_gateway_code():
     code = ("import sys, sandbox.zeyi, sandbox.zeyi.cli, sandbox.zeyi.server;"
             "sys.exit(1 if any(m.split('.')[0] == 'chalicelib' for m in sys.modules) else 0)")
