@@ -467,9 +467,24 @@ def _uploaded(gateway, name: str = "合同.pdf", data: bytes = b"%PDF-1.4 test")
         {"fileName": name, "contentType": "application/pdf", "size": len(data)}).encode())
     assert status == 200, answer
     form = answer["result"]["upload"]
-    assert requests.post(form["url"], data=form["fields"], files={"file": (name, data)},
-                         timeout=10).status_code in (200, 204)
+    if UPLOAD_AS is None:
+        uploaded = requests.post(form["url"], data=form["fields"],
+                                 files={"file": (name, data)}, timeout=10)
+        assert uploaded.status_code in (200, 204), uploaded.text[:2000]
+    else:  # the app's own upload, as the enforcing moto can take it (tests/test_iam_sufficiency)
+        import boto3
+
+        fields = form["fields"]
+        boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], **UPLOAD_AS).put_object(
+            Bucket=form["url"].rstrip("/").rsplit("/", 1)[-1], Key=fields["key"], Body=data,
+            ContentType=fields["Content-Type"], Tagging="jinrun-state=unused",
+            Metadata={"filename": fields["x-amz-meta-filename"]})
     return answer["result"]["fileId"]
+
+
+# A presigned POST is authorised by the form's own policy signature, which moto's IAM
+# enforcement cannot check (it answers 500): the IAM test puts the bytes with these keys instead.
+UPLOAD_AS: dict | None = None
 
 
 def _with_file(code: str, value: str) -> dict:
@@ -1085,6 +1100,7 @@ def test_a_package_without_the_approvals_stream_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.process
 def test_the_local_stage_is_never_packaged(tmp_path):
     """chalice itself fails on it with a KeyError traceback."""
     completed = subprocess.run([sys.executable, "-m", "ops.package", "--stage", "local", "--out",

@@ -144,6 +144,9 @@ def world(enforcing_moto, monkeypatch):
                         settings.TOKEN_SECRET_ID: TOKEN_KEYS}.items():
         aws.client("secretsmanager").create_secret(Name=stage.setting(name),
                                                    SecretString=json.dumps(value))
+    monkeypatch.setenv(settings.ATTACHMENTS_BUCKET, stage.setting(settings.ATTACHMENTS_BUCKET))
+    monkeypatch.setenv(settings.PUBLIC_BASE_URL, "https://approvals.jinrun.example")
+    aws.client("s3").create_bucket(Bucket=stage.setting(settings.ATTACHMENTS_BUCKET))
     world.dead_letters = aws.client("sqs").create_queue(
         QueueName=f"{stage.setting(settings.EVENT_BUS_NAME)}-dlq")["QueueUrl"]
     world.stage = stage
@@ -168,6 +171,9 @@ def gateway(world, tmp_path):
 
 def run_as_function(world, gateway, monkeypatch, function: str, policy: dict) -> None:
     """The function's flows, its own part under a user holding ``policy`` as moto checks it."""
+    import tests.test_deploy
+
+    monkeypatch.setattr(tests.test_deploy, "UPLOAD_AS", world.admin)
     keys = world.user(f"fn-{function}", as_moto_checks_it(render(
         policy, partition="aws", region=REGION, account=ACCOUNT)))
     with simulator() as zeyi:
