@@ -24,15 +24,14 @@ import pytest
 
 from ops.bootstrap import main as bootstrap_main
 from ops.cli import main as ops_main
-from ops.stage_config import load_stage
+from ops.stage_config import app_functions, load_stage
 from tests.conftest import OUTBOUND
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = "prod"
-FUNCTIONS = ["api_handler", "send_approval", "cancel_approval", "get_approval",
-             "publish_approval_events", "find_stuck_approvals"]
+FUNCTIONS = app_functions()  # every function chalice deploys for app.py
 IN_VPC = {"api_handler", "send_approval", "cancel_approval"}
 
 

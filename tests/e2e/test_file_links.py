@@ -71,6 +71,6 @@ def test_the_approver_clicks_the_file_link_and_the_browser_receives_the_file(
     assert attempt["fileClickCount"] == 1
     assert attempt["request"]["auditFormList"][2]["value"].startswith("file-")
     browser.switch_to.window(browser.window_handles[0])
-    wait(browser, lambda: "fileClickCount" in card_of(browser, code).text,
+    wait(browser, lambda: "file links clicked: 1 " in card_of(browser, code).text,
          "the click count in the gateway's view on the page")
     sandbox.decide(code, "agree")

@@ -35,7 +35,15 @@ def test_a_replay_reaches_only_the_named_consumer(sandbox: Sandbox, stack):
         assert len(first) == 2 and len(finance.wait(code, 2, settle_seconds=0)) == 2
         until = datetime.now(UTC) + timedelta(seconds=5)
 
+        # A dead letter to look at (not a stream batch's: the dry run only names it), so that
+        # the command says who would see its events.
+        queue = sqs.get_queue_url(QueueName="jinrun-approval-events-local-dlq")["QueueUrl"]
+        sqs.send_message(QueueUrl=queue, MessageBody="{}")
         listed = _ops(stack, "replay-dlq", "--dry-run")
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", []):
+            if message["Body"] == "{}":  # ours only: the queue is this worker's stack's
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
         assert "e2e-replay-finance" in listed.stdout and "e2e-replay-purchasing" in listed.stdout
 
         replay = _ops(stack, "replay", "--since", since.isoformat(), "--until",
