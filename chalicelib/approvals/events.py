@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from chalicelib.approvals import states
-from chalicelib.approvals.stream_mapping import (  # noqa: F401 - re-exported: app.py imports them
+from chalicelib.approvals.stream_mapping import (  # noqa: F401 - re-exported for ops, sandbox, tests
     FUNCTION_NAME,
     STREAM_BATCH_SIZE,
     STREAM_MAPPING,
