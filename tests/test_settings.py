@@ -131,9 +131,14 @@ def test_allowed_source_ips_are_split_on_commas_and_blanks_dropped(bare_environm
     assert load_settings().allowed_source_ips == ("10.0.0.1", "10.1.0.0/16")
 
 
-def test_the_zeyi_base_url_loses_its_trailing_slashes(bare_environment):
-    bare_environment.setenv("ZEYI_BASE_URL", "http://127.0.0.1:9000//")
-    assert load_settings().zeyi_base_url == "http://127.0.0.1:9000"
+@pytest.mark.parametrize(("given", "read"), [
+    ("http://127.0.0.1:9000//", "http://127.0.0.1:9000"),
+    ("https://zeyi.example/gateway-X/", "https://zeyi.example/gateway-X"),
+])
+def test_the_zeyi_base_url_loses_its_trailing_slashes_and_nothing_else(
+        bare_environment, given, read):
+    bare_environment.setenv("ZEYI_BASE_URL", given)
+    assert load_settings().zeyi_base_url == read
 
 
 def test_the_stream_is_the_stages_or_the_stand_in_ops_refuses_to_deploy(bare_environment):
