@@ -59,7 +59,8 @@ TARGETS: dict[str, list[str]] = {
     "protocol.ip_allowlist": ["tests/test_validation_edges.py", "tests/test_callback_route.py"],
     "approvals.states": ["tests/test_states.py", "tests/test_lifecycle.py",
                          "tests/test_callback_route.py", "tests/test_lifecycle_model.py"],
-    "approvals.store.base": ["tests/test_callback_route.py", "tests/test_costs_and_logs.py"],
+    "approvals.store.base": ["tests/test_nonce_guard.py", "tests/test_callback_route.py",
+                             "tests/test_costs_and_logs.py"],
     "runtime.settings": ["tests/test_settings.py", "tests/test_validation_edges.py"],
 }
 # Where a module holds more than validation, only these functions (scopes as in the mutant ids)
