@@ -39,3 +39,19 @@ def test_the_stored_nonce_expires_by_the_tables_ttl_attribute(store, frozen):
     (item,) = aws.client("dynamodb").scan(TableName=NONCES_TABLE)["Items"]
     assert item[NONCE_TTL_ATTRIBUTE] == {"N": str(1_800_000_000 + 60)}
     assert item["pk"] == {"S": "app:abc123"}
+
+
+def test_a_store_failure_is_not_told_as_a_replayed_nonce(aws_env, frozen):
+    # Only a failed condition means the nonce was seen; any other refusal (here: no such table,
+    # as with a wrong NONCES_TABLE) must surface as our own fault (a 5xx, which Zeyi retries),
+    # never as a 400 NONCE_REPLAYED.
+    from botocore.exceptions import ClientError
+
+    from chalicelib.approvals.store import DynamoDBApprovalStore
+    from tests.conftest import APPROVALS_TABLE
+
+    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, "no-such-table",
+                                  clock=frozen)
+    with pytest.raises(ClientError) as raised:
+        store.use_nonce("app", "abc123", 60)
+    assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
