@@ -574,6 +574,17 @@ def main(argv: list[str] | None = None) -> int:
             select.select([], [], [], 0.02)
         total += len(mutants)
         print(summary(module, causes, survived, baseline), flush=True)
+        if set(causes) - {TEST_FAILED}:
+            # A kill that is no failing test may be the machine's doing, not the mutant's (a
+            # package reinstalled mid-run made every child crash): the clean run tells.
+            pid = _run_tests(module, None, tests)
+            RUNNING[pid] = (None, time.monotonic())
+            status = _wait(pid, 900)
+            del RUNNING[pid]
+            if status != 0:
+                print(f"{module}: the tests now fail without any mutant (exit {status}): its"
+                      " kills other than failing tests cannot be trusted; run it again")
+                return 2
     known = {m.ident for _, _, mutants in plan for m in mutants}
     if not args.only:
         for ident in equivalents:
