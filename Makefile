@@ -1,23 +1,38 @@
 # The two commands a new user types: `make run` (local sandbox) and `make test` (every test).
-# Each creates or reuses .venv and installs what it needs by itself.
+# Each creates or reuses .venv and installs what it needs by itself. `make check` is the inner
+# loop: lint and every test that starts no process (docs/development.md, "Which command when").
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint demo package mutation bench clean
+.PHONY: run test check lint demo package mutation bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the Python packages of requirements-dev.txt into $(VENV): about 40 s the first"
+	@echo "time (pip prints nothing meanwhile); again only when a requirements file changes."
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@echo "Installed."
 	@touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m sandbox.run
 
+# One pytest-xdist worker per core (at most 4: each worker on moto server starts its own, and
+# each one with end-to-end tests its own sandbox); TEST_WORKERS=0 runs in this process alone.
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
+
+# Every test; the 15 slowest are listed at the end, so a slow new test shows the day it lands.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST) --durations=15
+
+# Lint and every test that starts no process (no moto server, no sandbox, no subprocess).
+check: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not process" $(XDIST) --durations=5
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -251,24 +251,83 @@ def zeyi_wrong_method():
 
 # -- routes and functions internal apps call -----------------------------------------------------
 
-def _send(payload):
-    from chalicelib.approvals import outbound
+def _s3():
+    return tracing.instrument(aws.client("s3"))
+
+
+def _file_links(settings: Settings):
+    from chalicelib.approvals.files import FileLinks
+
+    return FileLinks(s3=_s3, token_keys=lambda: _token_keys(settings), settings=settings,
+                     clock=time.time)
+
+
+def _request_upload(payload):
+    from chalicelib.approvals import files
+
+    return files.request_upload(payload, s3=_s3(), settings=load_settings())
+
+
+def _send(payload, *, given_key=None, caller: str = "anonymous"):
+    from chalicelib.approvals import idempotency, outbound, task_tokens
 
     settings = load_settings()
-    with telemetry.zeyi_outcome(metrics.SENDS, accepted=states.PENDING):
-        return outbound.send_approval(
-            payload, store=_store(settings), zeyi=_zeyi_client(settings),
-            lease_seconds=settings.submit_lease_seconds, correlation_id=_correlation_id())
+    store = _store(settings)
+    body, token = task_tokens.split_payload(payload)
+    more_items = None
+    if token is not None:
+        def more_items(attempt_id):
+            return [store.task_token_put(body["code"], attempt_id, token)]
+    with task_tokens.failed_at_once_when_refused(
+            token, lambda: tracing.instrument(aws.client("stepfunctions"))):
+        key = idempotency.key_of(given_key, caller=caller, operation="send", request=payload)
+        with telemetry.zeyi_outcome(metrics.SENDS, accepted=states.PENDING):
+            return idempotency.send(
+                key, store=store, lease_seconds=settings.submit_lease_seconds,
+                more_items=more_items, run=lambda claims: outbound.send_approval(
+                    body, store=claims, zeyi=_zeyi_client(settings),
+                    lease_seconds=settings.submit_lease_seconds,
+                    correlation_id=_correlation_id(), files=_file_links(settings)))
 
 
-def _cancel(payload):
-    from chalicelib.approvals import outbound
+def _cancel(payload, *, given_key=None, caller: str = "anonymous"):
+    from chalicelib.approvals import idempotency, outbound
+    from chalicelib.protocol import payloads
 
     settings = load_settings()
+    store = _store(settings)
+    key = idempotency.key_of(given_key, caller=caller, operation="cancel", request=payload)
+    if key is not None:
+        payloads.validate_cancel(payload)  # a refused body keeps no answer under the key
     with telemetry.zeyi_outcome(metrics.CANCELS, accepted=states.CANCELLING):
-        return outbound.cancel_approval(
-            payload, store=_store(settings), zeyi=_zeyi_client(settings),
-            lease_seconds=settings.cancel_lease_seconds, correlation_id=_correlation_id())
+        return idempotency.cancel(
+            key, store=store, lease_seconds=settings.cancel_lease_seconds,
+            run=lambda: outbound.cancel_approval(
+                payload, store=store, zeyi=_zeyi_client(settings),
+                lease_seconds=settings.cancel_lease_seconds, correlation_id=_correlation_id()))
+
+
+def _http_keyed(action):
+    """``action`` on the internal app's body, with its Idempotency-Key scoped to its IAM
+    principal (API Gateway's ``identity.userArn``)."""
+    from chalicelib.approvals import idempotency
+
+    request = app.current_request
+    identity = (request.context or {}).get("identity") or {}
+    caller = identity.get("userArn") or identity.get("caller") or "anonymous"
+    return action(_internal_payload(), given_key=request.headers.get(idempotency.HEADER),
+                  caller=caller)
+
+
+def _lambda_keyed(action):
+    """``action`` on a Lambda payload, its ``idempotencyKey`` scoped to its ``caller``."""
+    def run(payload):
+        from chalicelib.approvals import idempotency
+
+        payload, given_key = idempotency.split_key(payload)
+        payload, caller = idempotency.lambda_caller(payload)
+        return action(payload, given_key=given_key, caller=caller)
+    return run
 
 
 def _get(code):
@@ -279,12 +338,12 @@ def _get(code):
 
 @app.route("/audit/send", methods=["POST"], authorizer=iam, content_types=ANY_CONTENT_TYPE)
 def send_route():
-    return _respond(lambda: _send(_internal_payload()))
+    return _respond(lambda: _http_keyed(_send))
 
 
 @app.route("/audit/cancel", methods=["POST"], authorizer=iam, content_types=ANY_CONTENT_TYPE)
 def cancel_route():
-    return _respond(lambda: _cancel(_internal_payload()))
+    return _respond(lambda: _http_keyed(_cancel))
 
 
 @app.route("/audit/{code}", methods=["GET"], authorizer=iam, content_types=ANY_CONTENT_TYPE)
@@ -306,14 +365,75 @@ def internal_get_only(code):
     return _wrong_method("GET", zeyi_route=False)
 
 
+@app.route("/files", methods=["POST"], authorizer=iam, content_types=ANY_CONTENT_TYPE)
+def upload_route():
+    return _respond(lambda: _request_upload(_internal_payload()))
+
+
+@app.route("/files", methods=_other_methods("POST"), authorizer=iam,
+           content_types=ANY_CONTENT_TYPE)
+def upload_post_only():
+    return _wrong_method("POST", zeyi_route=False)
+
+
+# -- file links approvers click (public): a redirect to the file, or a page for people -----------
+
+HTML_HEADERS = {"Content-Type": "text/html;charset=utf-8", "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def _page(status: int, extra: dict | None = None) -> Response:
+    from chalicelib.approvals.files import refusal_page
+
+    return Response(body=refusal_page(status), status_code=status,
+                    headers={**HTML_HEADERS, **(extra or {})})
+
+
+@app.route("/files/{token}", methods=["GET"], content_types=ANY_CONTENT_TYPE)
+def file_link_route(token):
+    from chalicelib.approvals import files
+
+    try:
+        settings = load_settings()
+        location = files.open_link(token, token_keys=_token_keys(settings),
+                                   store=_store(settings), s3=_s3, settings=settings)
+    except files.LinkRefused as refused:
+        logger.warning("file link refused", extra={"status": refused.status,
+                                                   "reason": refused.reason})
+        return _page(refused.status)
+    except GatewayError as exc:
+        logger.error("file link not served", extra={"errorCode": exc.error_code,
+                                                    "reason": exc.message})
+        telemetry.error(exc)
+        return _page(503)
+    except Exception:
+        logger.exception("unexpected error")  # the traceback goes to the log only
+        telemetry.error(None)
+        return _page(503)
+    return Response(body="", status_code=302,
+                    headers={"Location": location, "Cache-Control": "no-store",
+                             "Referrer-Policy": "no-referrer",
+                             "Content-Type": "text/plain;charset=utf-8"})
+
+
+@app.route("/files/{token}", methods=_other_methods("GET"), content_types=ANY_CONTENT_TYPE)
+def file_link_get_only(token):
+    return _page(405, {"Allow": "GET"})
+
+
 @app.lambda_function(name="send_approval")
 def send_function(event, context):
-    return _invoked("send_approval", event, context, _send)
+    return _invoked("send_approval", event, context, _lambda_keyed(_send))
 
 
 @app.lambda_function(name="cancel_approval")
 def cancel_function(event, context):
-    return _invoked("cancel_approval", event, context, _cancel)
+    return _invoked("cancel_approval", event, context, _lambda_keyed(_cancel))
+
+
+@app.lambda_function(name="request_file_upload")
+def upload_function(event, context):
+    return _invoked("request_file_upload", event, context, _request_upload)
 
 
 @app.lambda_function(name="get_approval")
@@ -355,8 +475,23 @@ def publish_approval_events(event):
 
     with telemetry.invocation(stream_mapping.FUNCTION_NAME,
                               lambda_request_id=getattr(event.context, "aws_request_id", None)):
-        outcome = events.handle_batch(event.to_dict()["Records"], client=_events_client(),
-                                      bus_name=load_settings().event_bus_name)
+        records = event.to_dict()["Records"]
+        settings = load_settings()
+        outcome = events.handle_batch(records, client=_events_client(),
+                                      bus_name=settings.event_bus_name)
         telemetry.count(metrics.EVENTS_PUBLISHED, value=outcome.published)
         telemetry.count(metrics.EVENTS_FAILED, value=len(outcome.failed))
-        return outcome.response
+        return _answer_task_tokens(records, outcome, settings)
+
+
+def _answer_task_tokens(records: list[dict], outcome, settings: Settings) -> dict:
+    """The Step Functions tokens of the batch's final statuses (chalicelib.approvals.task_tokens);
+    a record whose token is not answered yet is retried with the unpublished ones."""
+    from chalicelib.approvals import task_tokens
+
+    unanswered = task_tokens.answer_batch(
+        records, store=_store(settings),
+        client=lambda: tracing.instrument(aws.client("stepfunctions")))
+    if unanswered:
+        outcome.failed = sorted(set(outcome.failed) | set(unanswered), key=int)
+    return outcome.response

@@ -162,12 +162,15 @@ def calls(which: str) -> None:
         token = _event("POST", "/auth/token", "/auth/token", b"{}",
                        _signed(b"{}", 3, token=False), 3)
         measure("token (warm)", token, 3)
-        for number, name in ((4, None), (5, "send (warm)")):
+        for number, name in ((4, None), (5, "send (warm)"),
+                             (9, "send with an Idempotency-Key (warm)")):
             body = json.dumps({"code": f"BENCH-S{number}", "auditType": "t",
                                "originatorUsername": "u", "orgCode": "o",
                                "auditFormList": [{"type": "text", "key": "k", "value": "v"}]})
-            event = _event("POST", "/audit/send", "/audit/send", body.encode(),
-                           {"Content-Type": "application/json"}, number)
+            headers = {"Content-Type": "application/json"}
+            if "Idempotency-Key" in (name or ""):
+                headers["Idempotency-Key"] = f"bench-{number}"
+            event = _event("POST", "/audit/send", "/audit/send", body.encode(), headers, number)
             if name is None:
                 handler(event, Context(number))  # the first send reads the outbound secret
             else:
@@ -176,6 +179,10 @@ def calls(which: str) -> None:
                              "username": "u"}).encode()
         measure("cancel (warm)", _event("POST", "/audit/cancel", "/audit/cancel", cancel,
                                         {"Content-Type": "application/json"}, 6), 6)
+        keyed_cancel = cancel.replace(b"BENCH-PENDING-1", b"BENCH-PENDING-2")
+        measure("cancel with an Idempotency-Key (warm)", _event(
+            "POST", "/audit/cancel", "/audit/cancel", keyed_cancel,
+            {"Content-Type": "application/json", "Idempotency-Key": "bench-10"}, 10), 10)
         measure("status lookup", _event("GET", "/audit/BENCH-PENDING-1", "/audit/{code}", b"",
                                         {}, 7, {"code": "BENCH-PENDING-1"}), 7)
         import app

@@ -203,3 +203,34 @@ class StoreError(GatewayError):
 
     error_code = "INTERNAL_ERROR"
     status = 500
+
+
+class IdempotencyKeyInvalidError(GatewayError):
+    """The Idempotency-Key (or ``idempotencyKey``) is not 1 to 255 printable ASCII characters."""
+
+    error_code = "IDEMPOTENCY_KEY_INVALID"
+    status = 400
+
+
+class IdempotencyInProgressError(GatewayError):
+    """A request with this idempotency key is still being served: retry, and get its answer."""
+
+    error_code = "IDEMPOTENCY_IN_PROGRESS"
+    status = 409
+
+
+class IdempotencyKeyReusedError(GatewayError):
+    """The idempotency key was used, within its 24 hours, for a request with another body."""
+
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    status = 422
+
+
+class ReplayedAnswerError(GatewayError):
+    """The first answer to a request with this idempotency key, a failure, given again."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(str(body.get("message") or ""), result=body.get("result"))
+        self.status = status
+        self.error_code = str(body.get("errorCode") or "INTERNAL_ERROR")
+        self.business = bool(body.get("businessException"))

@@ -19,7 +19,7 @@ from chalicelib.approvals.store import DynamoDBApprovalStore
 from chalicelib.errors import GatewayError
 from chalicelib.protocol.payloads import validate_code
 from chalicelib.runtime import settings
-from ops.common import OpsError, aws_session, client, error_code
+from ops.common import NOTHING_TO_DO, OpsError, aws_session, client, error_code
 from ops.stage_config import load_stage
 
 # Known fields first, in this order; any other scalar field follows as its own column.
@@ -32,7 +32,9 @@ DETAIL_MAX_CHARS = 160
 _EPOCH_MS_MIN = 10**12  # 2001-09-09 in milliseconds: smaller "...At" numbers are seconds
 
 
-LIST_COLUMNS = ("code", "status", "openSince", "attemptId", "leaseExpiresAt", "updatedAt")
+LIST_COLUMNS = ("code", "status", "openFor", "openSince", "attemptId", "leaseExpiresAt",
+                "updatedAt")
+OPEN_STATUSES = ("SUBMITTING", "CANCELLING", "PENDING")
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -77,31 +79,71 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def _age(seconds: float) -> str:
+    """A duration as people read it: 45s, 12m, 3h 05m, 8d 2h."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
 def list_command(args, *, clock=time.time) -> int:
-    """The open approvals in one status, oldest first: a Query on the open-approvals index."""
+    """The open approvals (in one status, or in all three), oldest first: a Query per status on
+    the open-approvals index, never a Scan."""
     store, _, read = _store(args)
+    now = clock()
     before = None
     if args.older_than:
-        before = int((clock() - parse_duration(args.older_than)) * 1000)
-    heads = read(lambda: store.open_approvals(args.status, opened_before_ms=before,
-                                              limit=args.limit))
+        before = int((now - parse_duration(args.older_than)) * 1000)
+    statuses = [args.status] if args.status else list(OPEN_STATUSES)
+    heads = []
+    for status in statuses:
+        heads += read(lambda status=status: store.open_approvals(
+            status, opened_before_ms=before, limit=args.limit))
+    heads.sort(key=lambda head: head.get("openSince") or 0)
+    truncated = len(heads) > args.limit or (args.status and len(heads) == args.limit)
+    heads = heads[:args.limit]
     if args.json:
         print(json.dumps(heads, ensure_ascii=False, indent=2))
         return 0
     older = f" open for more than {args.older_than}" if args.older_than else ""
-    print(f"{len(heads)} {args.status} approval(s){older}, oldest first"
-          + (f" (the first {args.limit})" if len(heads) == args.limit else ""))
-    print("\n".join(_table([{name: head.get(name) for name in LIST_COLUMNS if name in head}
-                            for head in heads], LIST_COLUMNS)))
+    what = args.status or "open (" + ", ".join(OPEN_STATUSES) + ")"
+    print(f"{len(heads)} {what} approval(s){older}, oldest first"
+          + (f" (the first {args.limit}; --limit shows more)" if truncated else ""))
+    rows = []
+    for head in heads:
+        row = {name: head.get(name) for name in LIST_COLUMNS if name in head}
+        if isinstance(head.get("openSince"), (int, float)):
+            row["openFor"] = _age(now - head["openSince"] / 1000)
+        rows.append(row)
+    print("\n".join(_table(rows, LIST_COLUMNS)))
     return 0
 
 
-def resolve_command(args) -> int:
-    """An operator's override of an approval stuck open; who and why are kept in its history."""
+def resolve_command(args, *, ask=input, interactive=None) -> int:
+    """An operator's override of an approval stuck open; who and why are kept in its history.
+    Asks first (or takes --yes): closing an approval is not undone by the command."""
     code = validate_code(args.code)
     if not args.reason.strip():
         raise OpsError("--reason must say why: it is kept in the approval's history")
     store, _, read = _store(args)
+    current = read(lambda: store.history(code))
+    if not args.yes and current.get("status") in OPEN_STATUSES:  # else the store says why not
+        import sys
+
+        if not (sys.stdin.isatty() if interactive is None else interactive):
+            raise OpsError(f"{code} is {current.get('status')}: closing it needs a yes; pass "
+                           "--yes (stdin is not a terminal)")
+        since = _cell("updatedAt", current.get("updatedAt"))
+        answer = ask(f"{code} is {current.get('status')} (last change {since}); close it as "
+                     f"{args.status}? Zeyi should have confirmed it. [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            print(f"{code}: left {current.get('status')}")
+            return NOTHING_TO_DO
     by = args.by or _caller(args)
     head = read(lambda: store.resolve(code, args.status, reason=args.reason.strip(), by=by))
     print(f"{code}: {head['resolution']['from']} → {head['status']} (by {by}); a decision Zeyi "
@@ -150,7 +192,7 @@ def _cell(name: str, value) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, (int, float)) and name.endswith("At") and value > 0:
+    if isinstance(value, (int, float)) and name.endswith(("At", "Since")) and value > 0:
         seconds = value / 1000 if value >= _EPOCH_MS_MIN else value
         moment = datetime.fromtimestamp(seconds, UTC)
         return moment.strftime("%Y-%m-%d %H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"

@@ -34,7 +34,7 @@ from chalicelib.protocol.credentials import parse_inbound, parse_outbound, parse
 from chalicelib.runtime import settings
 from chalicelib.runtime.tables import reconcile_tables
 from ops.common import OpsError, aws_session, client, run
-from ops.stage_config import CONFIG_PATH, load_stage
+from ops.stage_config import CONFIG_PATH, LOCAL_STAGES, load_stage
 
 GENERATE = "generate"
 SECRET_IDS = (settings.OUTBOUND_SECRET_ID, settings.INBOUND_SECRET_ID, settings.TOKEN_SECRET_ID)
@@ -203,6 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda: _run(args, stage, env, values))
 
 
+def _deployed_stage_only(session, stage, env: dict[str, str]) -> list[str]:
+    """What only a deployed stage needs before chalice deploy: each function's log group with
+    its retention, and the approvals stream's ARN in config.json (chalice reads it when it
+    imports app.py; ``config fill-stream`` does the same alone)."""
+    from ops.events import write_stream_arn
+    from ops.log_groups import reconcile_log_groups
+
+    changes = reconcile_log_groups(client(session, "logs"), stage)
+    table = client(session, "dynamodb").describe_table(
+        TableName=env[settings.APPROVALS_TABLE])["Table"]
+    stream = table.get("LatestStreamArn")
+    usable = table.get("StreamSpecification", {}).get("StreamViewType") == "NEW_AND_OLD_IMAGES"
+    if stream and usable and write_stream_arn(stage, stream):
+        changes.append(f"set {settings.APPROVALS_STREAM_ARN} {stream} in {stage.path} (commit "
+                       "it)")
+    return changes
+
+
 def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
     from ops.events import EventResources, reconcile_event_resources
 
@@ -215,6 +233,16 @@ def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
     # The approval events: the bus, its archive and the dead-letter queue.
     report.changes += reconcile_event_resources(client(session, "events"), client(session, "sqs"),
                                                 EventResources.of(stage), stage.tags)
+    # File fields: the attachments bucket (ops.files_bucket; docs/operations.md, "Attachments
+    # bucket, file links").
+    from ops.files_bucket import reconcile_attachments_bucket, stage_bucket
+
+    bucket, retention_days = stage_bucket(stage)
+    report.changes += reconcile_attachments_bucket(
+        client(session, "s3"), bucket, region=session.region_name, tags=stage.tags,
+        retention_days=retention_days)
+    if stage.name not in LOCAL_STAGES:
+        report.changes += _deployed_stage_only(session, stage, env)
     for line in report.changes:
         print(line)
     if not report.changes:
@@ -233,7 +261,10 @@ def _run(args, stage, env: dict[str, str], values: dict[str, str]) -> int:
     for name in missing:
         print(f"warning: secret {env[name]} does not exist yet; the gateway cannot start "
               f"without it: {how[name]}", file=sys.stderr)
-    return 1 if missing or report.problems else 0
+    if missing or report.problems:
+        return 1
+    print(f"next: python -m ops config check --stage {stage.name}")
+    return 0
 
 
 if __name__ == "__main__":

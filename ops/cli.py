@@ -26,14 +26,40 @@ def _group(subparsers, name: str, help_text: str):
     return parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
 
+EPILOG = """\
+exit status (every command):
+  0  done (or already as it should be)
+  1  failed, or a check found problems: one `error:` line or the list says why
+  2  usage error
+  3  nothing to do (an empty dead-letter queue, a confirmation declined)
+  4  a next step is not due yet: run the command again when its output says
+
+AWS access: the region from --region, AWS_REGION or AWS_DEFAULT_REGION; credentials from the
+usual chain (AWS_PROFILE, ...). docs/operations.md sets both once, at the top.
+"""
+# Commands with their own module and parser: `python -m ops bootstrap ...` runs
+# `python -m ops.bootstrap ...`.
+DELEGATED = {
+    "bootstrap": "create or complete a stage's tables, secrets, event bus, dead-letter queue "
+                 "and log groups (python -m ops bootstrap --help)",
+    "package": "build and size-check a stage's Lambda packages with chalice package "
+               "(python -m ops package --help)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ops import approvals, config_commands, deploy, events, secret_rotation, sign_check
+    from ops import approvals, config_commands, deploy, events, files, secret_rotation, sign_check
 
     stage = _stage_options()
     parser = argparse.ArgumentParser(
-        prog="python -m ops", description="Operate the Jinrun approval gateway: look at "
-        "approvals, rotate secrets, debug a partner's sign, check and deploy a stage.")
+        prog="python -m ops", description="Operate the Jinrun approval gateway: create a "
+        "stage's resources, check and deploy it, look at approvals, rotate secrets, debug a "
+        "partner's sign. docs/operations.md walks through them in order.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    for name, help_text in DELEGATED.items():  # listed here, parsed by their own module
+        groups.add_parser(name, help=help_text, add_help=False).add_argument(
+            "args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     approvals_group = _group(groups, "approvals", "look at approvals")
     show = approvals_group.add_parser(
@@ -45,12 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=approvals.show_command)
 
     listing = approvals_group.add_parser(
-        "list", parents=[stage], help="open approvals in one status, oldest first",
-        description="The approvals open in one status, oldest first (a Query on the "
+        "list", parents=[stage], help="open approvals, oldest first",
+        description="The open approvals (SUBMITTING, CANCELLING, PENDING, or one --status), "
+                    "oldest first, with how long each has been open (a Query per status on the "
                     "open-approvals index, never a Scan): SUBMITTING past its lease, CANCELLING "
                     "past its lease and PENDING for days are the stuck ones.")
-    listing.add_argument("--status", required=True, choices=["SUBMITTING", "PENDING",
-                                                             "CANCELLING"])
+    listing.add_argument("--status", choices=["SUBMITTING", "PENDING", "CANCELLING"],
+                         help="only this status (default: all three open ones)")
     listing.add_argument("--older-than", metavar="DURATION",
                          help="only those in that status for longer: 90s, 15m, 2h, 7d")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
@@ -67,7 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--status", required=True, choices=["TERMINATED", "FAILED"])
     resolve.add_argument("--reason", required=True, help="why: kept in the history")
     resolve.add_argument("--by", help="who (default: the caller's AWS identity)")
+    resolve.add_argument("--yes", action="store_true",
+                         help="do not ask for confirmation (needed when stdin is not a terminal)")
     resolve.set_defaults(handler=approvals.resolve_command)
+
+    files_group = _group(groups, "files", "the file links approvers click")
+    revoke = files_group.add_parser(
+        "revoke", parents=[stage], help="end every file link of one code at once",
+        description="End every file link of one code issued until now (a leaked link): each "
+                    "click answers 410 from now on. A later send of the code gets new links.")
+    revoke.add_argument("code")
+    revoke.set_defaults(handler=files.revoke_command)
 
     secrets_group = _group(groups, "secrets", "rotate the gateway's credentials")
     add = secrets_group.add_parser(
@@ -86,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--show", action="store_true",
                      help="print the appSecret (and iv) once, to hand over to Zeyi")
     add.set_defaults(handler=secret_rotation.add_inbound_command)
+
+    inbound_list = secrets_group.add_parser(
+        "list-inbound", parents=[stage], help="the inbound appKeys, oldest first",
+        description="The appKeys the stage accepts from Zeyi, oldest first, one a line (no "
+                    "secret): after a rotation the first is the one to retire.")
+    inbound_list.set_defaults(handler=secret_rotation.list_inbound_command)
 
     retire = secrets_group.add_parser(
         "retire-inbound", parents=[stage], help="remove an inbound credential",
@@ -140,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true",
                         help="say which records each message names; publish nothing")
     replay.set_defaults(handler=events.replay_dlq_command)
+    archive_replay = events_group.add_parser(
+        "replay", parents=[stage], help="replay a period of the archive to one consumer's rule",
+        description="Send the approval events of a period again, from the bus's archive, to "
+                    "one rule only (EventBridge StartReplay with FilterArns): the consumer "
+                    "that lost them gets them (same eventId), and no other consumer does.")
+    archive_replay.add_argument("--since", required=True, metavar="TIME",
+                                help="start of the period: ISO 8601 (UTC unless an offset is "
+                                     "given) or epoch ms")
+    archive_replay.add_argument("--until", required=True, metavar="TIME",
+                                help="end of the period (excluded), as --since")
+    archive_replay.add_argument("--rule", required=True, metavar="NAME",
+                                help="the consumer's rule on the stage's bus")
+    archive_replay.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                                help="wait up to this long for the replay to end (default: "
+                                     "do not wait)")
+    archive_replay.set_defaults(handler=events.replay_command)
     mapping = events_group.add_parser(
         "configure-mapping", parents=[stage],
         help="failure handling of the events function's stream subscription",
@@ -153,8 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_check = config_group.add_parser(
         "check", parents=[stage], help="everything a deploy needs, or a list of what is wrong",
         description="Check everything a deploy of the stage needs: VPC settings, Zeyi's URL, a "
-                    "policy file per function, the secrets, the tables. Exits 1 with the list of "
-                    "problems.")
+                    "policy file per function, the secrets, the tables; on the chalice path also "
+                    "the stream, bus, archive, dead-letter queue and log groups the bootstrap "
+                    "makes. Exits 1 with the list of problems, each with the command that fixes "
+                    "it.")
+    config_check.add_argument("--path", choices=list(config_commands.PATHS),
+                              default=config_commands.CHALICE,
+                              help="the deploy path: chalice (python -m ops deploy, the default) "
+                                   "or cloudformation (the packaged stack)")
     config_check.set_defaults(handler=config_commands.check_command)
     fill = config_group.add_parser(
         "fill-vpc", parents=[stage], help="VPC settings from the egress stack's outputs",
@@ -173,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy_parser = groups.add_parser(
         "deploy", parents=[stage], help="chalice deploy, once config check passes",
-        description="Run `config check` and, when it passes, `chalice deploy --stage S`.")
+        description="Run `config check` and, when it passes, `chalice deploy --stage S`, then "
+                    "`events configure-mapping`. A rerun after a failure reuses what the failed "
+                    "run created.")
     deploy_parser.add_argument("--dry-run", action="store_true",
                                help="check only; do not run chalice")
     deploy_parser.add_argument("chalice_args", nargs="*", metavar="CHALICE_ARG",
@@ -183,5 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        from ops import bootstrap, package
+
+        delegate = {"bootstrap": bootstrap.main, "package": package.main}[argv[0]]
+        return delegate(argv[1:])
     args = build_parser().parse_args(argv)
     return run(lambda: args.handler(args))

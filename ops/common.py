@@ -7,7 +7,9 @@ profile's config (boto3 itself ignores ``AWS_REGION``, which the AWS CLI and Lam
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -19,6 +21,35 @@ _REJECTED_CREDENTIALS = {
     "InvalidSignatureException", "SignatureDoesNotMatch", "AuthFailure",
 }
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+
+
+# Exit statuses every command keeps to, so that a script can tell them apart (python -m ops
+# --help lists them): done, nothing was to do, a next step is not due yet (the output says when).
+ACTED, FAILED, USAGE, NOTHING_TO_DO, WAIT = 0, 1, 2, 3, 4
+# The gateway's own structured logger (chalicelib.runtime.logs): service "approval-gateway".
+GATEWAY_LOGGER = "approval-gateway"
+
+
+@contextlib.contextmanager
+def quiet_gateway():
+    """Keep the gateway's JSON log lines and EMF metric lines (written for CloudWatch by the
+    chalicelib code a command runs) out of an operator's terminal: the command says what
+    happened in its own lines."""
+    import logging
+
+    gateway_logger = logging.getLogger(GATEWAY_LOGGER)
+    was_disabled = gateway_logger.disabled
+    before = os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    gateway_logger.disabled = True
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    try:
+        yield
+    finally:
+        gateway_logger.disabled = was_disabled
+        if before is None:
+            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
+        else:
+            os.environ["POWERTOOLS_METRICS_DISABLED"] = before
 
 
 class OpsError(Exception):
@@ -96,8 +127,12 @@ def describe_failure(exc: BaseException) -> str:
         message = exc.response.get("Error", {}).get("Message", "")
         if code in _REJECTED_CREDENTIALS:
             return f"AWS rejected the credentials ({code}): refresh them or choose another profile"
-        if code in _DENIED:
-            return f"not allowed: {exc.operation_name} was denied ({message})"
+        denied = re.search(r"not authorized to perform: [\w:*-]+", str(exc))
+        if code in _DENIED or denied:
+            # moto answers a denial as XML even to JSON services: botocore then sees only the
+            # HTTP status, and the denied action is in the raw text.
+            why = denied.group(0) if denied and code not in _DENIED else message
+            return f"not allowed: {exc.operation_name} was denied ({why})"
         return f"{exc.operation_name} failed: {code}: {message}"
     from botocore.exceptions import BotoCoreError
 
@@ -114,7 +149,13 @@ def run(action: Callable[[], int]) -> int:
     An unexpected exception still raises: that is a bug to see, not an operator error.
     """
     try:
-        return action()
+        with quiet_gateway():
+            return action()
+    except BrokenPipeError:
+        # The reader went away (`… --json | head`): what it wanted it has; no error line.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ACTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

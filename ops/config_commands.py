@@ -64,18 +64,34 @@ def local_problems(stage: Stage) -> list[str]:
     return problems
 
 
-def _secret_problems(secrets_client, stage: Stage) -> list[str]:
+# The two deploy paths (docs/operations.md, "First deploy"): `python -m ops deploy` (chalice
+# deploy, after the bootstrap), and the packaged CloudFormation stack of infra/resources.yaml,
+# which creates the tables, secrets, bus, queue and log groups itself.
+CHALICE, CLOUDFORMATION = "chalice", "cloudformation"
+PATHS = (CHALICE, CLOUDFORMATION)
+
+
+def _secret_problems(secrets_client, stage: Stage, *, missing_ok: bool = False) -> list[str]:
     problems = []
     parsers = ((settings.OUTBOUND_SECRET_ID, parse_outbound),
                (settings.INBOUND_SECRET_ID, parse_inbound),
                (settings.TOKEN_SECRET_ID, parse_token_keys))
+    creates = {
+        settings.OUTBOUND_SECRET_ID: f"`python -m ops.bootstrap --stage {stage.name} "
+                                     "--outbound-secret-file -` stores Zeyi's credential",
+        settings.INBOUND_SECRET_ID: f"`python -m ops secrets add-inbound --stage {stage.name} "
+                                    "--show` creates it",
+        settings.TOKEN_SECRET_ID: f"`python -m ops.bootstrap --stage {stage.name} --token-key "
+                                  "generate` creates it",
+    }
     for name, parse in parsers:
         secret_id = stage.setting(name)
         try:
             raw = secrets_client.get_secret_value(SecretId=secret_id)["SecretString"]
         except Exception as exc:
             if error_code(exc) == "ResourceNotFoundException":
-                problems.append(f"secret {secret_id} does not exist")
+                if not missing_ok:
+                    problems.append(f"secret {secret_id} does not exist ({creates[name]})")
                 continue
             raise
         try:
@@ -92,21 +108,46 @@ def _secret_problems(secrets_client, stage: Stage) -> list[str]:
     return problems
 
 
-def check_stage(stage: Stage, region: str | None) -> tuple[list[str], str | None]:
-    """Every problem of the stage, and the region checked (None when AWS could not be asked)."""
+def _with_fix(problem: str, stage: Stage) -> str:
+    """A table problem with the command that fixes it."""
+    if "(" in problem:
+        return problem
+    return f"{problem} (`python -m ops.bootstrap --stage {stage.name}` creates or completes it)"
+
+
+def refuse_local(stage: Stage) -> None:
+    if stage.name in LOCAL_STAGES:
+        raise OpsError(f"stage {stage.name} runs only in the sandbox (`make run`, chalice "
+                       "local): it is never deployed; check or deploy dev or prod")
+
+
+def check_stage(stage: Stage, region: str | None,
+                path: str = CHALICE) -> tuple[list[str], str | None]:
+    """Every problem of the stage for the deploy path, and the region checked (None when AWS
+    could not be asked).
+
+    The chalice path needs everything in place before the deploy (the bootstrap makes it). The
+    CloudFormation path's stack creates the tables, secrets, bus, queue and log groups; what
+    already exists (a redeploy, secrets set after the first deploy) must be right."""
+    refuse_local(stage)
     problems = local_problems(stage)
     try:
         session = aws_session(region)
         dynamodb = client(session, "dynamodb")
         secrets_client = client(session, "secretsmanager")
-        problems += _secret_problems(secrets_client, stage)
-        problems += table_problems(dynamodb, stage.setting(settings.APPROVALS_TABLE),
-                                   stage.setting(settings.NONCES_TABLE))
-        if stage.name not in LOCAL_STAGES:
+        cloudformation = path == CLOUDFORMATION
+        problems += _secret_problems(secrets_client, stage, missing_ok=cloudformation)
+        problems += [_with_fix(problem, stage) for problem in table_problems(
+            dynamodb, stage.setting(settings.APPROVALS_TABLE),
+            stage.setting(settings.NONCES_TABLE))
+            if not (cloudformation and problem.endswith("does not exist"))]
+        if not cloudformation:
             from ops.events import event_problems
+            from ops.log_groups import log_group_problems
 
             problems += event_problems(client(session, "events"), client(session, "sqs"),
                                        dynamodb, stage)
+            problems += log_group_problems(client(session, "logs"), stage)
         return problems, session.region_name
     except Exception as exc:
         problems.append(f"AWS not checked: {describe_failure(exc)}")
@@ -115,12 +156,15 @@ def check_stage(stage: Stage, region: str | None) -> tuple[list[str], str | None
 
 def check_command(args) -> int:
     stage = load_stage(args.stage, args.config)
-    problems, region = check_stage(stage, args.region)
+    path = getattr(args, "path", CHALICE)
+    problems, region = check_stage(stage, args.region, path)
     where = f"stage {stage.name}" + (f" in {region}" if region else "")
     if not problems:
-        print(f"{where}: ready to deploy (VPC settings, Zeyi URL, policy files, secrets, tables)")
+        print(f"{where}: ready to deploy by the {path} path (VPC settings, Zeyi URL, policy "
+              "files, secrets, tables" + (", stream, bus, archive, dead-letter queue, log groups"
+                                          if path == CHALICE else "") + ")")
         return 0
-    print(f"{where}: {len(problems)} problem(s)")
+    print(f"{where}: {len(problems)} problem(s) before a deploy by the {path} path")
     for problem in problems:
         print(f"  - {problem}")
     return 1

@@ -8,6 +8,8 @@
 - ``events configure-mapping``: what ``chalice deploy`` cannot set on the function's stream
   subscription (partial batch failures, bisection, bounded retries, the dead-letter queue).
   ``python -m ops deploy`` runs it after every deploy.
+- ``events replay``: replay a period of the bus's archive to one consumer's rule only
+  (StartReplay with ``FilterArns``); the other consumers see nothing again.
 - ``events replay-dlq``: publish again the stream records whose events ended in the
   dead-letter queue. A message there is Lambda's on-failure record: it names the shard and the
   range of sequence numbers, not the records, so the records are read back from the stream,
@@ -23,7 +25,7 @@ from datetime import datetime
 
 from chalicelib.approvals import events
 from chalicelib.runtime import settings
-from ops.common import OpsError, aws_session, client, error_code
+from ops.common import ACTED, FAILED, NOTHING_TO_DO, WAIT, OpsError, aws_session, client, error_code
 from ops.stage_config import LOCAL_STAGES, Stage, load_stage
 
 ARCHIVE_RETENTION_DAYS = 365
@@ -193,6 +195,20 @@ def wanted_mapping(dead_letter_arn: str) -> dict:
             "DestinationConfig": {"OnFailure": {"Destination": dead_letter_arn}}}
 
 
+def stream_mappings(lambda_client, stage: Stage) -> list[dict]:
+    """The events function's subscriptions to the stage's stream. Listed by the stream and
+    matched on the function's ARN: chalice creates them with the function's ARN, and moto
+    filters a FunctionName only by the form the mapping was created with (AWS takes either)."""
+    function = stage.function_name(events.FUNCTION_NAME)
+    stream = stage.setting(settings.APPROVALS_STREAM_ARN)
+    found = []
+    for page in lambda_client.get_paginator("list_event_source_mappings").paginate(
+            EventSourceArn=stream):
+        found += [mapping for mapping in page["EventSourceMappings"]
+                  if mapping.get("FunctionArn", "").split(":")[6:7] == [function]]
+    return found
+
+
 def configure_mapping(lambda_client, sqs_client, stage: Stage) -> list[str]:
     """Give the publishing function's stream subscription the failure handling of
     ``events.STREAM_MAPPING`` and the stage's dead-letter queue. Raises OpsError when the
@@ -203,14 +219,7 @@ def configure_mapping(lambda_client, sqs_client, stage: Stage) -> list[str]:
         raise OpsError(f"stage {stage.name} names no {settings.APPROVALS_STREAM_ARN}: run "
                        f"`python -m ops config fill-stream --stage {stage.name}` first")
     _, dead_letter_arn = queue_url_and_arn(sqs_client, EventResources.of(stage).dead_letter_queue)
-    try:
-        mappings = lambda_client.list_event_source_mappings(
-            FunctionName=function, EventSourceArn=stream)["EventSourceMappings"]
-    except Exception as exc:
-        if error_code(exc) == "ResourceNotFoundException":
-            mappings = []
-        else:
-            raise
+    mappings = stream_mappings(lambda_client, stage)
     if not mappings:
         raise OpsError(f"{function} is not subscribed to {stream}: deploy the stage first "
                        f"(`python -m ops deploy --stage {stage.name}`)")
@@ -380,10 +389,133 @@ def replay_dlq_command(args) -> int:
         sqs_client, client(session, "dynamodbstreams"), client(session, "events"),
         queue_url=queue_url, bus_name=resources.bus, max_messages=args.max_messages,
         dry_run=args.dry_run)
+    if not replayed and not left:
+        print(f"{resources.dead_letter_queue} is empty: nothing to replay")
+        return NOTHING_TO_DO
+    # The events go back on the bus: every rule that takes approval events sees them.
+    print(f"consumers that {'would see' if args.dry_run else 'see'} the replayed events (rules"
+          f" on {resources.bus}):"
+          f" {describe_consumers(consumers(client(session, 'events'), resources.bus))}")
     if args.dry_run:
         print(f"{left} message(s) in {resources.dead_letter_queue} looked at; nothing published"
               " (--dry-run)")
-        return 0
+        return ACTED
     print(f"{replayed} message(s) replayed and removed from {resources.dead_letter_queue}; "
           f"{left} left in it")
-    return 1 if left else 0
+    return FAILED if left else ACTED
+
+
+# -- replaying the archive to one consumer -------------------------------------------------------
+
+def _takes_approval_events(rule: dict) -> bool:
+    """Whether a rule's pattern lets the approval events through by their source (a rule that
+    filters on more, such as a detail-type, may take fewer of them)."""
+    try:
+        pattern = json.loads(rule.get("EventPattern") or "null")
+    except ValueError:
+        return False
+    if not isinstance(pattern, dict):
+        return False
+    sources = pattern.get("source")
+    return sources is None or (isinstance(sources, list) and events.SOURCE in sources)
+
+
+def consumers(events_client, bus_name: str) -> list[dict]:
+    """The rules on the bus that take approval events: who sees an event published on it.
+    Each: ``Name``, ``Arn``, ``State``, and ``ManagedBy`` (the archive's own rule)."""
+    found, token = [], None
+    while True:
+        page = events_client.list_rules(EventBusName=bus_name,
+                                        **({"NextToken": token} if token else {}))
+        found += [rule for rule in page.get("Rules", []) if _takes_approval_events(rule)]
+        token = page.get("NextToken")
+        if not token:
+            return sorted(found, key=lambda rule: rule["Name"])
+
+
+def describe_consumers(rules: list[dict]) -> str:
+    names = [rule["Name"] + ("" if rule.get("State", "ENABLED") == "ENABLED" else " (disabled)")
+             for rule in rules if not rule.get("ManagedBy")]
+    return ", ".join(names) if names else "none"
+
+
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 time (``2026-01-31T00:00:00Z``; UTC when no offset is given) or epoch ms."""
+    from datetime import UTC
+
+    try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise OpsError(f"{text!r} is not a time: use ISO 8601 (2026-01-31T00:00:00Z) or epoch"
+                       " ms") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def replay_name(rule: str, since: datetime) -> str:
+    """EventBridge's replay name: at most 64 of [.-_A-Za-z0-9], unique per start."""
+    import re
+
+    stem = re.sub(r"[^.\-_A-Za-z0-9]", "-", rule)[:40]
+    return f"{stem}-{since:%Y%m%dT%H%M%S}-{datetime.now():%H%M%S}"[:64]
+
+
+def replay_to_rule(events_client, resources: EventResources, *, rule: str, since: datetime,
+                   until: datetime, name: str | None = None) -> dict:
+    """Start an archive replay of [since, until) to the one rule ``rule`` (StartReplay's
+    ``FilterArns``): only its targets see the events again. Returns StartReplay's answer with
+    ``ReplayName``. Raises OpsError for a rule that is not on the bus or takes no approval
+    events, or a window that is empty."""
+    if since >= until:
+        raise OpsError("--since must be before --until")
+    known = consumers(events_client, resources.bus)
+    chosen = [found for found in known if found["Name"] == rule and not found.get("ManagedBy")]
+    if not chosen:
+        raise OpsError(f"no rule {rule!r} on {resources.bus} takes approval events; the rules"
+                       f" that do: {describe_consumers(known)}")
+    archive_arn = events_client.describe_archive(ArchiveName=resources.archive)["ArchiveArn"]
+    bus_arn = events_client.describe_event_bus(Name=resources.bus)["Arn"]
+    name = name or replay_name(rule, since)
+    answer = events_client.start_replay(
+        ReplayName=name, EventSourceArn=archive_arn, EventStartTime=since, EventEndTime=until,
+        Destination={"Arn": bus_arn, "FilterArns": [chosen[0]["Arn"]]},
+        Description=f"approval events {since:%Y-%m-%dT%H:%M:%SZ} to "
+                    f"{until:%Y-%m-%dT%H:%M:%SZ} for rule {rule} only")
+    return {**answer, "ReplayName": name}
+
+
+def wait_for_replay(events_client, name: str, *, seconds: float, sleep=None,
+                    clock=None) -> str:
+    """The replay's state once it ends (COMPLETED, FAILED, CANCELLED), or its state when
+    ``seconds`` have passed."""
+    import time
+
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    deadline = clock() + seconds
+    while True:
+        state = events_client.describe_replay(ReplayName=name)["State"]
+        if state in ("COMPLETED", "FAILED", "CANCELLED") or clock() >= deadline:
+            return state
+        sleep(2.0)
+
+
+def replay_command(args) -> int:
+    stage = load_stage(args.stage, args.config)
+    session = aws_session(args.region)
+    resources = EventResources.of(stage)
+    events_client = client(session, "events")
+    since, until = parse_moment(args.since), parse_moment(args.until)
+    started = replay_to_rule(events_client, resources, rule=args.rule, since=since,
+                             until=until)
+    print(f"replay {started['ReplayName']} started: approval events from"
+          f" {since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ} from the archive"
+          f" {resources.archive}, to rule {args.rule} only; no other consumer sees them")
+    if args.wait <= 0:
+        return ACTED
+    state = wait_for_replay(events_client, started["ReplayName"], seconds=args.wait)
+    print(f"replay {started['ReplayName']}: {state}")
+    if state == "COMPLETED":
+        return ACTED
+    return FAILED if state in ("FAILED", "CANCELLED") else WAIT

@@ -12,6 +12,7 @@ boto3 is not bundled because the Lambda runtime provides it). Needs no AWS crede
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -50,22 +51,64 @@ def chalice_command() -> list[str]:
     return [str(local)] if local.exists() else ["chalice"]
 
 
+def _stage_guards(stage: str, project_dir: Path, *, require_vpc: bool,
+                  require_stream: bool) -> None:
+    """Refuse what would build and then fail, or do harm, once deployed."""
+    from chalicelib.runtime import settings
+    from ops.common import OpsError
+    from ops.stage_config import LOCAL_STAGES, load_stage
+    from ops.stage_config import require_vpc as vpc_guard
+
+    if stage in LOCAL_STAGES:  # chalice itself would fail with a KeyError traceback
+        raise PackageError(f"stage {stage} runs only in the sandbox (`make run`): it is never "
+                           "packaged or deployed; package dev or prod")
+    try:
+        loaded = load_stage(stage, project_dir / ".chalice" / "config.json")
+        if require_vpc:
+            vpc_guard(loaded)
+    except OpsError as exc:
+        raise PackageError(str(exc)) from None
+    if require_stream and not loaded.setting(settings.APPROVALS_STREAM_ARN).strip():
+        raise PackageError(
+            f"stage {stage} names no {settings.APPROVALS_STREAM_ARN}: the events function would "
+            "be subscribed to a stand-in stream that does not exist. Run `python -m "
+            f"ops.bootstrap --stage {stage}` (it names the table's stream), or package the "
+            "CloudFormation path, whose stack wires its own stream (--merge-template "
+            "infra/resources.yaml)")
+
+
+def pin_stage(template_path: Path, stage: str) -> None:
+    """Let the packaged stack take no other Stage than the one packaged: its functions carry
+    this stage's settings (tables, Zeyi's URL, VPC), so ``Stage=<another>`` must be refused by
+    CloudFormation rather than deploy a mixture. The parameter defaults to it too."""
+    import yaml  # chalice's own dependency; its templates use the long form (Fn::GetAtt), no tags
+
+    text = template_path.read_text(encoding="utf-8")
+    as_json = template_path.suffix == ".json"
+    template = json.loads(text) if as_json else yaml.safe_load(text)
+    parameter = template.get("Parameters", {}).get("Stage")
+    if parameter is None:
+        return
+    parameter["AllowedValues"] = [stage]
+    parameter["Default"] = stage
+    parameter["Description"] = (f"Packaged for stage {stage}; no other value is accepted "
+                                "(package again for another stage).")
+    template_path.write_text(json.dumps(template, indent=2) if as_json else yaml.safe_dump(
+        template, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
 def package(stage: str, out_dir: Path, *, project_dir: Path = PROJECT_DIR,
             merge_template: Path | None = None, template_format: str | None = None,
             budget_bytes: int = DEFAULT_BUDGET_BYTES, require_vpc: bool = True,
-            timeout_seconds: float = 600) -> PackageResult:
-    """Run ``chalice package`` for `stage` into `out_dir`; raise PackageError when the stage's
-    VPC settings are empty (unless ``require_vpc`` is false or the stage opts out), when chalice
-    fails, when a dependency could not be installed, or when the zips exceed `budget_bytes`."""
-    if require_vpc:
-        from ops.common import OpsError
-        from ops.stage_config import load_stage
-        from ops.stage_config import require_vpc as vpc_guard
-
-        try:
-            vpc_guard(load_stage(stage, project_dir / ".chalice" / "config.json"))
-        except OpsError as exc:
-            raise PackageError(str(exc)) from None
+            require_stream: bool | None = None, timeout_seconds: float = 600) -> PackageResult:
+    """Run ``chalice package`` for `stage` into `out_dir`; raise PackageError for the local
+    stage, when the stage's VPC settings are empty (unless ``require_vpc`` is false or the stage
+    opts out), when it names no approvals stream and no merge template wires one (unless
+    ``require_stream`` is false), when chalice fails, when a dependency could not be installed,
+    or when the zips exceed `budget_bytes`. A merged template takes only this stage."""
+    if require_stream is None:
+        require_stream = merge_template is None
+    _stage_guards(stage, project_dir, require_vpc=require_vpc, require_stream=require_stream)
     for pattern in ("*.zip", "sam.json", "sam.yaml"):  # stale output would be measured too
         for stale in out_dir.glob(pattern):
             stale.unlink()
@@ -92,6 +135,8 @@ def package(stage: str, out_dir: Path, *, project_dir: Path = PROJECT_DIR,
     if not zips:
         raise PackageError(f"chalice package wrote no zip into {out_dir}:\n{output}")
     result = PackageResult(out_dir=out_dir, output=output, zips=zips)
+    if merge_template is not None:
+        pin_stage(result.template, stage)
     if result.total_bytes > budget_bytes:
         raise PackageError(f"packages are {_mb(result.total_bytes)} zipped, over the budget of "
                            f"{_mb(budget_bytes)}: {_sizes(result)}")

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from chalicelib.errors import ConfigError
 from chalicelib.protocol.credentials import parse_inbound, parse_token_keys
 from chalicelib.runtime import settings
-from ops.common import OpsError, aws_session, client, error_code
+from ops.common import ACTED, NOTHING_TO_DO, WAIT, OpsError, aws_session, client, error_code
 from ops.stage_config import API_HANDLER, Stage, load_stage
 
 APP_SECRET_BYTES = 16  # 32 hex characters: a valid AES-256 key too, for encrypted callbacks
@@ -100,6 +100,25 @@ def _new_app_key(stage: Stage, existing: set[str]) -> str:
         key = f"jinrun-{stage.name}-{today}-{secrets_module.token_hex(3)}"
         if key not in existing:
             return key
+
+
+def list_inbound_command(args) -> int:
+    """The inbound appKeys, oldest first, one a line (no secret): the first is the one to retire
+    after a rotation."""
+    stage = load_stage(args.stage, args.config)
+    secret_id = stage.setting(settings.INBOUND_SECRET_ID)
+    with _quiet_botocore():
+        credentials = _read_inbound(client(aws_session(args.region), "secretsmanager"), secret_id)
+    if credentials is None:
+        raise OpsError(f"secret {secret_id} does not exist: create it with `python -m ops "
+                       f"secrets add-inbound --stage {stage.name} --show`")
+    if not credentials:
+        print(f"{secret_id} holds no credential yet (the stack's placeholder): `python -m ops "
+              f"secrets add-inbound --stage {stage.name} --show`", file=sys.stderr)
+        return NOTHING_TO_DO
+    for credential in credentials:
+        print(credential["appKey"])
+    return ACTED
 
 
 def add_inbound_command(args) -> int:
@@ -274,6 +293,10 @@ def last_seen_command(args) -> int:
 
 # -- the access-token signing key ------------------------------------------------------------------
 
+class Waiting(list):
+    """What ``rotate_token_key`` says when the next step is not due yet."""
+
+
 def rotate_token_key(secrets_client, secret_id: str, *, cache_seconds: int, ttl_seconds: int,
                      clock=time.time) -> list[str]:
     """Take the next due step of a token-key rotation; return what it did or how long to wait.
@@ -309,18 +332,20 @@ def rotate_token_key(secrets_client, secret_id: str, *, cache_seconds: int, ttl_
     if KEY_ADDED in labels and len(keys) == 2:
         due = since + cache_seconds
         if now < due:
-            return [f"step 1 of 3 done: the new key verifies; wait {int(due - now) + 1} s more "
-                    f"(until {_when(due)}), then run this again to make it the signing key"]
+            return Waiting([f"step 1 of 3 done: the new key verifies; wait {int(due - now) + 1} s "
+                            f"more (until {_when(due)}), then run this again to make it the "
+                            "signing key"])
         put([keys[1], keys[0]], KEY_PROMOTED)
         due = now + ttl_seconds + cache_seconds
         return ["step 2 of 3: the new key signs every new token now",
-                f"run this again after {_when(due)} (token TTL {ttl_seconds} s + cache "
-                f"{cache_seconds} s) to retire the old key"]
+                f"run this again after {_when(due)} (tokens and file links valid {ttl_seconds} s"
+                f" + cache {cache_seconds} s) to retire the old key"]
     if KEY_PROMOTED in labels and len(keys) == 2:
         due = since + ttl_seconds + cache_seconds
         if now < due:
-            return [f"step 2 of 3 done: tokens signed by the old key may still be valid; wait "
-                    f"{int(due - now) + 1} s more (until {_when(due)}), then run this again"]
+            return Waiting([f"step 2 of 3 done: tokens signed by the old key may still be valid; "
+                            f"wait {int(due - now) + 1} s more (until {_when(due)}), then run "
+                            "this again"])
         put([keys[0]], None)
         return ["step 3 of 3: retired the old key; the rotation is complete"]
     if len(keys) == 1:
@@ -341,7 +366,12 @@ def rotate_token_key_command(args) -> int:
         lines = rotate_token_key(
             client(session, "secretsmanager"), stage.setting(settings.TOKEN_SECRET_ID),
             cache_seconds=stage.seconds(settings.SECRETS_CACHE_SECONDS, 300),
-            ttl_seconds=stage.seconds(settings.TOKEN_TTL_SECONDS, 7200))
+            # The same keys sign the file links (chalicelib.protocol.file_links), which must
+            # work while their approval is open and through its grace period: the old key is
+            # retired only once no link it signed can still be valid.
+            ttl_seconds=max(stage.seconds(settings.TOKEN_TTL_SECONDS, 7200),
+                            stage.seconds(settings.STUCK_PENDING_SECONDS, 7 * 24 * 3600)
+                            + stage.seconds(settings.FILES_GRACE_SECONDS, 30 * 24 * 3600)))
     for line in lines:
         print(line)
-    return 0
+    return WAIT if isinstance(lines, Waiting) else ACTED

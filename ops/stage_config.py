@@ -20,7 +20,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_PATH = PROJECT_DIR / ".chalice" / "config.json"
 LOCAL_STAGES = frozenset({"local"})  # chalice local only: never deployed
 VPC_OPT_OUT = "vpc_opt_out"
-# The Zeyi environment each deployed stage must call (docs/operations.md, section 6).
+# The Zeyi environment each deployed stage must call (docs/operations.md, "Zeyi test and
+# production").
 ZEYI_BASE_URLS = {"dev": "https://test.shjiuze.cn", "prod": "https://gw.shjiuze.cn"}
 API_HANDLER = "api_handler"
 REQUIRED_NAMES = (settings.APPROVALS_TABLE, settings.NONCES_TABLE, settings.OUTBOUND_SECRET_ID,

@@ -4,17 +4,21 @@
 2. send → Zeyi refuses → REFUSED
 3. send → cancel → CANCELLING → Zeyi's terminate callback → TERMINATED
 4. a second send for a code whose approval is active → 409 APPROVAL_ACTIVE
+5. a file: upload a small PDF with a Chinese name (POST /files, then straight to S3), send it by
+   fileId, and follow the stable link Zeyi received to the exact bytes and the Chinese name
 and finally ``GET /audit/{code}`` for each. After each flow it shows the approval events the
 sandbox's internal app received on its queue (the stage's bus → a rule → SQS), as an internal
-team's app would. Codes carry a timestamp, so the demo can be rerun.
+team's app would. Codes carry the time of day (``DEMO-041530-A``), so the demo can be rerun.
+Each call is one line: what was asked and the answer's status or errorCode; ``--raw`` (or
+``DEMO_RAW=true make demo``) adds every answer's envelope as the gateway or the simulator sent it.
 Ports: the same SANDBOX_GATEWAY_PORT / SANDBOX_ZEYI_PORT / SANDBOX_AWS_PORT as ``make run``.
 Exits non-zero when a step does not do what it says, so it doubles as a smoke test.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import secrets
 import socket
 import sys
 import time
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from sandbox.gateway import summarize
+from sandbox.run import pretty_printer
 from sandbox.stack import (
     AWS_PORT_ENV,
     GATEWAY_PORT_ENV,
@@ -34,6 +40,9 @@ from sandbox.stack import (
 )
 
 FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED")
+FILE_NAME = "采购合同（演示）.pdf"
+FILE_BYTES = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+              b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
 WAIT_SECONDS = 20.0
 
 
@@ -59,6 +68,8 @@ class Demo:
     zeyi: str
     aws: str | None = None
     out: Callable[[str], None] = print
+    raw: bool = False
+    """Also show every answer's raw envelope."""
     failures: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
     received: dict[str, dict[str, dict]] = field(default_factory=dict)  # code → eventId → event
@@ -69,15 +80,22 @@ class Demo:
     def step(self, text: str) -> None:
         self.out(f"\n▶ {text}")
 
-    def show(self, label: str, response: requests.Response) -> dict | None:
+    def show(self, label: str, response: requests.Response, note: str = "") -> dict | None:
+        """One line: what was asked, the HTTP status and what the answer says; the raw answer
+        below it with ``--raw``."""
         try:
             payload = response.json()
         except ValueError:
             payload = None
-        shown = json.dumps(payload, ensure_ascii=False) if payload is not None else response.text
-        if len(shown) > 400:
-            shown = shown[:400] + " …"
-        self.out(f"  {label}: HTTP {response.status_code} {shown}")
+        said = summarize(response.status_code, response.content)
+        if not said and isinstance(payload, dict) and isinstance(payload.get("status"), str):
+            said = f"{payload['status']} at Zeyi"  # the simulator's control API: no envelope
+        self.out(f"  {label:<34} → {response.status_code}{' ' + said if said else ''}"
+                 f"{'  ' + note if note else ''}")
+        if self.raw:
+            shown = json.dumps(payload, ensure_ascii=False) if payload is not None \
+                else response.text
+            self.out(f"      {shown}")
         return payload
 
     def expect(self, ok: bool, what: str) -> None:
@@ -100,34 +118,42 @@ class Demo:
             "application/json") else None
         result = (payload or {}).get("result") or {}
         if show:
-            self.out(f"  GET /audit/{code}: HTTP {response.status_code} status ="
-                     f" {result.get('status')}")
+            self.show(f"GET /audit/{code}", response)
         return result.get("status")
 
     def decide(self, code: str, action: str) -> None:
+        remark = f"demo: {action}"
         response = requests.post(f"{self.zeyi}/_control/approvals/{code}/{action}",
-                                 json={"auditUser": "王经理", "remark": f"demo: {action}"},
-                                 timeout=30)
-        self.out(f"  Zeyi simulator: {action} {code} → HTTP {response.status_code}")
+                                 json={"auditUser": "王经理", "remark": remark}, timeout=30)
+        self.show(f"Zeyi: {action} (王经理: {remark})", response)
 
     def wait_callback(self, code: str) -> None:
+        """Zeyi's callbacks of ``code``, once delivered: one line each, with the gateway's
+        answer to the last try."""
         response = requests.get(f"{self.zeyi}/_control/approvals/{code}",
                                 params={"waitSeconds": WAIT_SECONDS}, timeout=WAIT_SECONDS + 10)
         approval = response.json()
         for delivery in approval.get("callbacks", []):
             tries = delivery["tries"]
-            answer = tries[-1].get("response") if tries else None
-            self.out(f"  callback {delivery['type']}/{delivery.get('result') or '-'} →"
-                     f" {delivery['status']} after {len(tries)} try(ies); gateway answered"
-                     f" {json.dumps(answer, ensure_ascii=False)}")
+            kind = delivery["type"] + (f"/{delivery['result']}" if delivery.get("result") else "")
+            last = tries[-1] if tries else {}
+            answer = last.get("response")
+            said = (summarize(last["httpStatus"], json.dumps(answer)) if "httpStatus" in last
+                    else last.get("error", "no try yet"))
+            self.out(f"  {'Zeyi calls back: ' + kind:<34} → {delivery['status']} after"
+                     f" {len(tries)} {'try' if len(tries) == 1 else 'tries'}; the gateway"
+                     f" answered {said}")
+            if self.raw:
+                self.out(f"      {json.dumps(answer, ensure_ascii=False)}")
 
     def wait_status(self, code: str, wanted: str) -> str | None:
+        """Wait until the gateway says ``wanted`` (or give up), then show its answer."""
         deadline = time.monotonic() + WAIT_SECONDS
         status = self.status(code, show=False)
         while status != wanted and time.monotonic() < deadline:
             time.sleep(0.2)
             status = self.status(code, show=False)
-        return status
+        return self.status(code)
 
     # -- the internal app's events --------------------------------------------------------------
 
@@ -175,6 +201,53 @@ class Demo:
 
     # -- the flows -----------------------------------------------------------------------------
 
+    def files(self, code: str) -> None:
+        from urllib.parse import unquote
+
+        self.step(f"6. {FILE_NAME}: upload it, send {code} with its fileId, click the link")
+        answer = requests.post(f"{self.gateway}/files", json={
+            "fileName": FILE_NAME, "contentType": "application/pdf", "size": len(FILE_BYTES)},
+            timeout=30)
+        result = (self.show("POST /files", answer) or {}).get("result") or {}
+        self.expect(answer.status_code == 200, "an upload form for the attachments bucket")
+        if answer.status_code != 200:
+            return
+        form = result["upload"]
+        stored = requests.post(form["url"], data=form["fields"],
+                               files={"file": (FILE_NAME, FILE_BYTES)}, timeout=30)
+        self.out(f"  POST {form['url']} (S3, the form's fields + the file): HTTP"
+                 f" {stored.status_code}")
+        self.expect(stored.status_code == 204, "S3 took the bytes")
+        body = send_body(code)
+        body["auditFormList"][1] = {"type": "file", "key": "合同附件", "value": result["fileId"]}
+        self.codes.append(code)
+        response = requests.post(f"{self.gateway}/audit/send", json=body, timeout=30)
+        self.show(f"POST /audit/send {code} (合同附件 = {result['fileId']})", response)
+        self.expect(response.status_code == 200, "send accepted")
+        sent = requests.get(f"{self.zeyi}/_control/approvals/{code}", timeout=30).json()
+        field = next(f for f in sent["request"]["auditFormList"] if f["key"] == "合同附件")
+        link = field["value"]
+        self.out(f"  Zeyi received 合同附件 = {link[:90]}… (extendValue {field['extendValue']})")
+        self.expect(link.startswith(f"{self.gateway}/files/"), "a stable link on the gateway")
+        click = requests.get(link, allow_redirects=False, timeout=30)
+        location = click.headers.get("Location", "")
+        self.out(f"  GET the link: HTTP {click.status_code} → {location[:80]}…")
+        if click.status_code != 302:
+            self.expect(False, "302 to the file")
+            return
+        got = requests.get(click.headers["Location"], timeout=30)
+        disposition = got.headers.get("Content-Disposition", "")
+        name = unquote(disposition.split("filename*=UTF-8''")[-1]) if "filename*=" in \
+            disposition else ""
+        self.out(f"  GET the file: HTTP {got.status_code}, {len(got.content)} bytes,"
+                 f" {got.headers.get('Content-Type')}, named {name}")
+        self.expect(got.content == FILE_BYTES and name == FILE_NAME,
+                    "the exact bytes, under the Chinese name")
+        attempts = requests.get(f"{self.gateway}/audit/{code}", timeout=30).json()["result"][
+            "attempts"]
+        self.out(f"  GET /audit/{code}: fileClickCount = {attempts[0].get('fileClickCount')}")
+        self.decide(code, "agree")
+
     def run(self, suffix: str) -> int:
         agree, refuse, cancel = (f"DEMO-{suffix}-A", f"DEMO-{suffix}-R", f"DEMO-{suffix}-C")
 
@@ -184,7 +257,6 @@ class Demo:
         self.decide(agree, "agree")
         self.wait_callback(agree)
         self.expect(self.wait_status(agree, "AGREED") == "AGREED", "AGREED after the callback")
-        self.status(agree)
         self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
         self.step(f"2. send {refuse}, Zeyi refuses")
@@ -192,7 +264,6 @@ class Demo:
         self.decide(refuse, "refuse")
         self.wait_callback(refuse)
         self.expect(self.wait_status(refuse, "REFUSED") == "REFUSED", "REFUSED after the callback")
-        self.status(refuse)
         self.events(refuse, ["Approval Submitted", "Approval Pending", "Approval Refused"])
 
         self.step(f"3. send {cancel}, then cancel it: CANCELLING until Zeyi's terminate callback")
@@ -200,14 +271,13 @@ class Demo:
         response = requests.post(f"{self.gateway}/audit/cancel", json=cancel_body(cancel),
                                  timeout=30)
         self.show(f"POST /audit/cancel {cancel}", response)
-        self.expect(response.status_code == 200, "cancel accepted by Zeyi")
-        status = self.status(cancel)
-        self.expect(status in ("CANCELLING", "TERMINATED"),
-                    "CANCELLING (or already TERMINATED if the callback was quicker)")
+        payload = response.json() if response.content else {}
+        self.expect(response.status_code == 200
+                    and (payload.get("result") or {}).get("status") == "CANCELLING",
+                    "Zeyi accepted the cancel: CANCELLING until its terminate callback")
         self.wait_callback(cancel)
         self.expect(self.wait_status(cancel, "TERMINATED") == "TERMINATED",
                     "TERMINATED after the terminate callback")
-        self.status(cancel)
         self.events(cancel, ["Approval Submitted", "Approval Pending", "Approval Cancelling",
                              "Approval Terminated"])
 
@@ -227,26 +297,66 @@ class Demo:
         self.out("  …and a refused send changes nothing, so it is no event:")
         self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
-        self.step("5. GET /audit/{code} for each")
+        keyed = f"DEMO-{suffix}-K"
+        key = f"demo-{suffix}-order-4711"
+        self.step(f"5. send {keyed} with Idempotency-Key {key}, then retry it, as a client does"
+                  " after a timeout")
+        if keyed not in self.codes:
+            self.codes.append(keyed)
+        answers = []
+        for label in ("first try", "retry"):
+            response = requests.post(f"{self.gateway}/audit/send", json=send_body(keyed),
+                                     headers={"Idempotency-Key": key}, timeout=30)
+            answers.append((response.status_code, self.show(f"POST /audit/send {keyed}"
+                                                            f" ({label})", response)))
+        self.expect(answers[0][0] == 200 and answers[1] == answers[0],
+                    "the retry got the first answer again: same status, same body")
+        sent = requests.get(f"{self.zeyi}/_control/requests", params={"kind": "send",
+                                                                      "code": keyed},
+                            timeout=30).json().get("requests", [])
+        self.expect(len(sent) == 1, "Zeyi received the send once")
+        response = requests.post(f"{self.gateway}/audit/send",
+                                 json={**send_body(keyed), "orgCode": "OTHER"},
+                                 headers={"Idempotency-Key": key}, timeout=30)
+        payload = self.show(f"POST /audit/send {keyed} (same key, another body)", response)
+        self.expect(response.status_code == 422
+                    and (payload or {}).get("errorCode") == "IDEMPOTENCY_KEY_REUSED",
+                    "422 IDEMPOTENCY_KEY_REUSED")
+
+        self.files(f"DEMO-{suffix}-F")
+
+        self.step("7. GET /audit/{code} for each")
         for code in self.codes:
             response = requests.get(f"{self.gateway}/audit/{code}", timeout=30)
             result = (response.json() or {}).get("result") or {}
             applied = [c for c in result.get("callbacks", [])
                        if c.get("disposition") == "applied"]
-            self.out(f"  {code}: {result.get('status')}, {len(result.get('attempts', []))}"
-                     f" attempt(s), {len(applied)} callback(s) applied")
+            attempts = result.get("attemptCount", len(result.get("attempts", [])))
+            self.out(f"  {code:<16} {result.get('status')}, {plural(attempts, 'attempt')},"
+                     f" {plural(len(applied), 'callback')} applied")
 
         if self.failures:
             self.out(f"\n{len(self.failures)} step(s) did not do what they should:")
             for failure in self.failures:
                 self.out(f"  ✗ {failure}")
             return 1
-        self.out("\nEvery step did what it should. The simulator's request log:"
-                 f" curl -s {self.zeyi}/_control/requests")
+        self.out("\nEvery step did what it should. What the gateway sent to Zeyi:"
+                 f" curl -s {self.zeyi}/_control/requests | {pretty_printer()}")
         return 0
 
 
-def main() -> int:
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox.demo",
+                                     description="Every flow of the gateway, against make run.")
+    parser.add_argument("--raw", action="store_true",
+                        default=os.environ.get("DEMO_RAW", "").strip().lower()
+                        in {"1", "true", "yes", "on"},
+                        help="also print every answer's raw envelope (or DEMO_RAW=true)")
+    args = parser.parse_args(argv)
     try:
         ports = ports_from_env()
     except StackError as error:
@@ -255,7 +365,7 @@ def main() -> int:
     demo = Demo(gateway=f"http://127.0.0.1:{ports[GATEWAY_PORT_ENV]}",
                 zeyi=f"http://127.0.0.1:{ports[ZEYI_PORT_ENV]}",
                 aws=f"http://127.0.0.1:{ports[AWS_PORT_ENV]}",
-                out=lambda line: print(line, flush=True))
+                out=lambda line: print(line, flush=True), raw=args.raw)
     # A bare connection, not an HTTP request: the gateway's terminal shows requests people make.
     for name, url, port in (("gateway", demo.gateway, ports[GATEWAY_PORT_ENV]),
                             ("Zeyi simulator", demo.zeyi, ports[ZEYI_PORT_ENV]),
@@ -267,8 +377,9 @@ def main() -> int:
                   " `make run` (with the same SANDBOX_*_PORT variables), then run `make demo`"
                   " in another terminal.", file=sys.stderr)
             return 2
-    suffix = os.environ.get("DEMO_SUFFIX") or (time.strftime("%Y%m%d%H%M%S")
-                                                + secrets.token_hex(2))
+    # The time of day is unique enough: make run starts from empty tables, and one demo takes
+    # longer than a second.
+    suffix = os.environ.get("DEMO_SUFFIX") or time.strftime("%H%M%S")
     return demo.run(suffix)
 
 

@@ -123,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--stage", default="local")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting laid over the stage's own environment_variables")
     args = parser.parse_args(argv)
+    settings = {}
+    for setting in args.setting:
+        name, equals, value = setting.partition("=")
+        if not equals or not name:
+            parser.error(f"--setting {setting!r} is not NAME=VALUE")
+        settings[name] = value
 
     def _terminate(*_):
         raise SystemExit(0)
@@ -134,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"[gateway] cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 2
+    # After build_server, which laid the stage's environment_variables over os.environ; the app
+    # reads its settings per request.
+    os.environ.update(settings)
     try:
         server.server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

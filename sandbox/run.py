@@ -11,13 +11,18 @@ Ports: SANDBOX_GATEWAY_PORT (8000), SANDBOX_ZEYI_PORT (8001), SANDBOX_AWS_PORT (
 SANDBOX_AUTO_DECIDE=agree|refuse|terminate|by-suffix makes the simulator decide by itself.
 SANDBOX_ENCRYPT=true encrypts both directions (the gateway's ZEYI_ENCRYPT and CALLBACK_ENCRYPTED).
 SANDBOX_VERBOSE=true makes the simulator print every HTTP request it serves.
+SANDBOX_ALLOWED_SOURCE_IPS sets the gateway's inbound IP allowlist (ALLOWED_SOURCE_IPS).
+SANDBOX_LEGACY_SIGN=true has the simulator sign without the body, as Zeyi SDK 1.0.0 does, and
+marks the inbound credential legacySign; =zeyi-only leaves the credential unmarked.
 SANDBOX_LOG_DIR (.sandbox/logs) is where the gateway's and the events poller's JSON logs and
 moto's log go.
 """
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import shutil
 import signal
 import sys
 import time
@@ -42,6 +47,9 @@ AUTO_DECIDE_ENV = "SANDBOX_AUTO_DECIDE"
 ENCRYPT_ENV = "SANDBOX_ENCRYPT"
 VERBOSE_ENV = "SANDBOX_VERBOSE"
 LOG_DIR_ENV = "SANDBOX_LOG_DIR"
+ALLOWED_IPS_ENV = "SANDBOX_ALLOWED_SOURCE_IPS"
+LEGACY_SIGN_ENV = "SANDBOX_LEGACY_SIGN"
+LEGACY_ZEYI_ONLY = "zeyi-only"
 STOP_WAIT_SECONDS = 10.0
 SAMPLE_SEND = ('{"code":"HT-1","auditType":"CONTRACT","originatorUsername":"E1001",'
                '"orgCode":"ORG-1","auditFormList":[{"type":"text","key":"金额",'
@@ -50,6 +58,10 @@ SAMPLE_SEND = ('{"code":"HT-1","auditType":"CONTRACT","originatorUsername":"E100
 
 def _on(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _off(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"0", "false", "no", "off"}
 
 
 def build_stack(environ=os.environ) -> SandboxStack:
@@ -65,11 +77,35 @@ def build_stack(environ=os.environ) -> SandboxStack:
     if _on(environ.get(ENCRYPT_ENV)):
         simulator_args += ["--encrypt-requests", "--encrypt-callbacks"]
         gateway_env = {"ZEYI_ENCRYPT": "true", "CALLBACK_ENCRYPTED": "true"}
+    gateway_settings = {}
+    allowed = environ.get(ALLOWED_IPS_ENV, "").strip()
+    if allowed:
+        for entry in allowed.split(","):
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise StackError(f"{ALLOWED_IPS_ENV}: {entry.strip()!r} is not an IP or CIDR"
+                                 " (e.g. 127.0.0.1 or 10.0.0.0/8, comma-separated)") from None
+        gateway_settings["ALLOWED_SOURCE_IPS"] = allowed
+    legacy = environ.get(LEGACY_SIGN_ENV, "").strip().lower()
+    if legacy and legacy != LEGACY_ZEYI_ONLY and not _on(legacy) and not _off(legacy):
+        raise StackError(f"{LEGACY_SIGN_ENV}={legacy!r}: use true, false or {LEGACY_ZEYI_ONLY}")
+    if _on(legacy) or legacy == LEGACY_ZEYI_ONLY:
+        simulator_args.append("--legacy-sign")
     log_dir = Path(environ.get(LOG_DIR_ENV, "").strip() or DEFAULT_LOG_DIR)
     return SandboxStack(gateway_port=ports[GATEWAY_PORT_ENV], zeyi_port=ports[ZEYI_PORT_ENV],
                         aws_port=ports[AWS_PORT_ENV], log_dir=None, terminal_log_dir=log_dir,
                         simulator_args=simulator_args, gateway_env=gateway_env,
+                        gateway_settings=gateway_settings, inbound_legacy_sign=_on(legacy),
                         progress=lambda line: say(line, sys.stdout))
+
+
+def pretty_printer() -> str:
+    """A command that pretty-prints JSON from stdin with Chinese left readable: jq when it is
+    installed, else Python's json.tool (``--no-ensure-ascii`` since 3.9; make needs python3)."""
+    if shutil.which("jq"):
+        return "jq ."
+    return "python3 -m json.tool --no-ensure-ascii"
 
 
 def _shown(path: Path) -> str:
@@ -84,6 +120,15 @@ def banner(stack: SandboxStack) -> str:
         (GATEWAY_PORT_ENV, stack.gateway_port, 8000), (ZEYI_PORT_ENV, stack.zeyi_port, 8001),
         (AWS_PORT_ENV, stack.aws_port, 5000)) if port != default]
     demo = " ".join([*custom, "make demo"])
+    notes = []
+    if "ALLOWED_SOURCE_IPS" in stack.gateway_settings:
+        notes.append(f"  allowlist       {stack.gateway_settings['ALLOWED_SOURCE_IPS']}: Zeyi's"
+                     " routes refuse other source IPs (every caller here is 127.0.0.1)")
+    if "--legacy-sign" in stack.simulator_args:
+        notes.append("  legacy sign     the simulator signs without the body (Zeyi SDK 1.0.0); the"
+                     " inbound credential " + ("takes it (legacySign)" if stack.inbound_legacy_sign
+                                               else "is not marked: expect SIGN_INVALID"))
+    switches = "".join(f"{note}\n" for note in notes)
     return f"""
 Sandbox is up:
   gateway         {g}   the app, stage local (internal routes need no auth here)
@@ -93,16 +138,18 @@ Sandbox is up:
   events          the approvals stream → bus jinrun-approval-events-local → queue
                   {INTERNAL_APP_QUEUE} (the internal app; README, "Approval events")
   logs            {logs}/gateway.log and events.log (JSON logs), {logs}/moto.log
-
+{switches}
 Try, in another terminal:
   {demo}
-or by hand:
-  curl -s -X POST {g}/audit/send -H 'Content-Type: application/json' -d '{SAMPLE_SEND}'
-  curl -s {g}/audit/HT-1                                 # PENDING
-  curl -s -X POST '{z}/_control/approvals/HT-1/agree?waitSeconds=10'
+or by hand ($J pretty-prints the JSON answers):
+  J='{pretty_printer()}'
+  curl -s -X POST {g}/audit/send -H 'Content-Type: application/json' \\
+    -d '{SAMPLE_SEND}' | $J
+  curl -s {g}/audit/HT-1 | $J        # PENDING
+  curl -s -X POST '{z}/_control/approvals/HT-1/agree?waitSeconds=10' | $J
                      # Zeyi agrees, and answers once its callback has reached the gateway
-  curl -s {g}/audit/HT-1                                 # AGREED
-  curl -s {z}/_control/requests                          # what the gateway sent to Zeyi
+  curl -s {g}/audit/HT-1 | $J        # AGREED, with the callback it applied
+  curl -s {z}/_control/requests | $J  # what the gateway sent to Zeyi
   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \\
     .venv/bin/python examples/approval_events_consumer.py --endpoint-url {stack.aws_url} \\
     --queue {INTERNAL_APP_QUEUE} --once               # act on the events, as an app would

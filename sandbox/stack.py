@@ -231,6 +231,20 @@ def port_holders(port: int) -> list[PortHolder]:
     return holders
 
 
+def shortened(command: str, limit: int = 100) -> str:
+    """``command`` cut to about ``limit`` characters between two arguments, never inside one:
+    a cut argument (``--po``) reads like a real one."""
+    if len(command) <= limit:
+        return command
+    words = command.split(" ")
+    kept = [words[0]]
+    for word in words[1:]:
+        if len(" ".join([*kept, word])) > limit:
+            break
+        kept.append(word)
+    return " ".join(kept) + " …"
+
+
 class PortsBusyError(StackError):
     """Some of the sandbox's ports are taken; ``holders`` are the processes found on them."""
 
@@ -258,6 +272,12 @@ class SandboxStack:
     credentials_path: Path = CREDENTIALS_PATH
     simulator_args: list[str] = field(default_factory=list)
     gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway_settings: dict[str, str] = field(default_factory=dict)
+    """Settings laid over the local stage's own (``sandbox.gateway --setting``): an environment
+    variable cannot change one that .chalice/config.json sets, such as ALLOWED_SOURCE_IPS."""
+    inbound_legacy_sign: bool = False
+    """Mark the inbound credential ``legacySign``: the gateway then takes Zeyi SDK 1.0.0's
+    header-only sign from the simulator (``--legacy-sign``)."""
     outbound_secret_override: dict | None = None
     """Bootstrap the outbound secret with this instead of credentials.json (to misconfigure)."""
     zeyi_url_override: str | None = None
@@ -309,7 +329,7 @@ class SandboxStack:
             found = port_holders(port)
             busy.append(port)
             holders += found
-            held = ", ".join(f"PID {h.pid} ({h.command[:80]})" for h in found) \
+            held = ", ".join(f"PID {h.pid} ({shortened(h.command)})" for h in found) \
                 or "a process this user cannot inspect"
             lines.append(f"  port {port}, wanted for {what} ({env_name}): held by {held}")
             moves.append(f"{env_name}={port + 100}")
@@ -347,7 +367,8 @@ class SandboxStack:
         return self
 
     def start_aws(self) -> None:
-        self.progress(f"starting moto server (DynamoDB + Secrets Manager) on {self.aws_url}")
+        self.progress(f"starting moto server (DynamoDB, Secrets Manager, EventBridge, SQS) on"
+                      f" {self.aws_url}")
         env = dict(self.base_env, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                    AWS_DEFAULT_REGION=REGION)
         self.processes["aws"] = ManagedProcess(
@@ -378,12 +399,15 @@ class SandboxStack:
         env = self.stage_environment()
         credentials = json.loads(self.credentials_path.read_text(encoding="utf-8"))
         outbound = self.outbound_secret_override or credentials["outbound"]
+        inbound = dict(credentials["inbound"])
+        if self.inbound_legacy_sign:
+            inbound["legacySign"] = True
         lines = bootstrap(
             self.aws_client("dynamodb"), self.aws_client("secretsmanager"),
             approvals_table=env["APPROVALS_TABLE"], nonces_table=env["NONCES_TABLE"],
             secrets={
                 env["OUTBOUND_SECRET_ID"]: json.dumps(outbound),
-                env["INBOUND_SECRET_ID"]: json.dumps({"credentials": [credentials["inbound"]]}),
+                env["INBOUND_SECRET_ID"]: json.dumps({"credentials": [inbound]}),
                 env["TOKEN_SECRET_ID"]: json.dumps({"keys": [secrets.token_urlsafe(48)]}),
             })
         resources = EventResources(env["EVENT_BUS_NAME"])
@@ -391,6 +415,13 @@ class SandboxStack:
                                            resources, {"app": "jinrun-approval-gateway",
                                                        "stage": STAGE})
         lines.append(self.subscribe_internal_app(resources.bus))
+        # File fields: the attachments bucket, as the deploy path's bootstrap makes it.
+        from ops.files_bucket import reconcile_attachments_bucket
+
+        lines += reconcile_attachments_bucket(
+            self.aws_client("s3"), env["ATTACHMENTS_BUCKET"], region=REGION,
+            tags={"app": "jinrun-approval-gateway", "stage": STAGE}, retention_days=90,
+            tls_only=False)  # moto server is plain HTTP here, and denies reads under that policy
         return lines
 
     def subscribe_internal_app(self, bus: str) -> str:
@@ -431,6 +462,8 @@ class SandboxStack:
             "AWS_ENDPOINT_URL": self.aws_url, "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
             "ZEYI_BASE_URL": self.zeyi_url, "PYTHONUNBUFFERED": "1",
+            # The file links approvers click point at this gateway (the local stage names none).
+            "PUBLIC_BASE_URL": self.gateway_url,
         })
         env.update(self.gateway_env)
         return env
@@ -439,7 +472,8 @@ class SandboxStack:
         self.progress(f"starting the gateway (Chalice's local server, stage {STAGE}) on"
                       f" {self.gateway_url}")
         argv = [sys.executable, "-m", "sandbox.gateway", "--stage", STAGE, "--host", "127.0.0.1",
-                "--port", str(self.gateway_port)]
+                "--port", str(self.gateway_port),
+                *(f"--setting={name}={value}" for name, value in self.gateway_settings.items())]
         self.processes["gateway"] = ManagedProcess(
             "the gateway", argv, env=self.gateway_environment(), ready_port=self.gateway_port,
             **self._output("gateway"),

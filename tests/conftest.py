@@ -3,14 +3,20 @@ secrets per test, and builders for signed requests."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
+import botocore.loaders
+import botocore.session
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from chalicelib.runtime import aws, settings
 from tests.moto_server import MotoServer
@@ -30,6 +36,61 @@ INBOUND = {"appKey": "jinrun-inbound-test-key",
 INBOUND_ROTATED = {"appKey": "jinrun-inbound-next-key",
                    "appSecret": "0123456789abcdef0123456789abcdef"}
 TOKEN_KEYS = {"keys": ["test-token-key-0123456789abcdefghijklmnopqrstuvwxyz"]}
+
+
+# aws.client() makes each client in a botocore session of its own, as a Lambda container does once;
+# the tests forget every client at each test, and each new session parsed the service's JSON
+# model again: 0.1 s of CPU per client, most of a moto test's own cost. One loader for the whole
+# process parses each model once; the clients and sessions are still new each test.
+botocore.session.create_loader = functools.lru_cache(maxsize=None)(botocore.loaders.create_loader)
+
+# Property tests: the counts their modules give (examples(n)) in every run; HYPOTHESIS_PROFILE=deep
+# runs each with DEEP_EXAMPLES instead, for a deep run before a release or after changing what
+# they cover. The lifecycle model has its own knob (LIFECYCLE_EXAMPLES).
+DEEP_EXAMPLES = 2000
+hypothesis_settings.register_profile("deep", max_examples=DEEP_EXAMPLES)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def examples(fast: int) -> int:
+    """``fast`` examples in an ordinary run, the deep profile's count in a deep one."""
+    return max(fast, DEEP_EXAMPLES) if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else fast
+
+
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+PROCESS_FIXTURES = {"moto_server"}
+"""Fixtures that start a process: a test using one, however indirectly, is marked ``process``."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark ``process`` every test that starts one: the end-to-end tests (tests/e2e/, or marked
+    ``e2e``) and every test on moto server, so ``make check`` (``-m "not process"``) leaves them out without anyone marking them
+    by hand. A test that starts one itself (``subprocess``) carries the mark explicitly; the
+    ``_processes_are_marked`` guard says so when one is missing. tryfirst: xdist's own hook
+    reads the marks (``xdist_group``) when a run chooses ``--dist loadgroup``."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
+                or item.get_closest_marker("e2e") is not None \
+                or E2E_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _processes_are_marked(request, monkeypatch):
+    """In a run that leaves the ``process`` tests out (``make check``), a test that starts a
+    process anyway fails, saying how to mark it, instead of slowing the inner loop unseen."""
+    if "not process" not in (request.config.option.markexpr or "") \
+            or request.node.get_closest_marker("process") is not None:
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({args!r}) but is not marked `process`; "
+            "mark it (@pytest.mark.process, or pytestmark = pytest.mark.process for a module) "
+            "so that `make check` leaves it to `make test`")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.request
 
+from sandbox.lifeline import PARENT_PID_ENV
+
 
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
@@ -17,13 +19,17 @@ def free_port() -> int:
 
 
 class MotoServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, env: dict[str, str] | None = None):
         self.port = port or free_port()
+        self.env = env or {}  # e.g. INITIAL_NO_AUTH_ACTION_COUNT: IAM enforcement, own server
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen | None = None
 
     def start(self, timeout_seconds: float = 30.0) -> MotoServer:
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+        # It dies with the test process that started it (an xdist worker too), even one killed by
+        # a timeout that never runs the fixture's teardown.
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   **{PARENT_PID_ENV: str(os.getpid())}, **self.env)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_deploy import ROOT
+
+pytestmark = pytest.mark.process  # every test here starts a Python process
 
 
 def test_the_benchmark_runs_and_counts_each_operations_aws_calls():
@@ -26,6 +30,13 @@ def test_the_benchmark_runs_and_counts_each_operations_aws_calls():
     assert calls["token (warm)"] == {"dynamodb.PutItem": 1}
     assert calls["send (warm)"] == {"dynamodb.GetItem": 1, "dynamodb.TransactWriteItems": 2}
     assert calls["cancel (warm)"] == {"dynamodb.GetItem": 1, "dynamodb.TransactWriteItems": 1}
+    # A key costs a send one UpdateItem (its answer kept; the key itself rides in the claim's
+    # transaction), and a cancel a PutItem (the key taken first) and that UpdateItem.
+    assert calls["send with an Idempotency-Key (warm)"] == {
+        "dynamodb.GetItem": 1, "dynamodb.TransactWriteItems": 2, "dynamodb.UpdateItem": 1}
+    assert calls["cancel with an Idempotency-Key (warm)"] == {
+        "dynamodb.GetItem": 1, "dynamodb.PutItem": 1, "dynamodb.TransactWriteItems": 1,
+        "dynamodb.UpdateItem": 1}
     assert calls["status lookup"] == {"dynamodb.Query": 1}
     assert calls["stuck approvals search"] == {"dynamodb.Query": 3}
     assert figures["calls"]["floor"]["callback (warm)"] == {"dynamodb.TransactWriteItems": 1}

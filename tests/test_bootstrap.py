@@ -18,6 +18,19 @@ from tests.conftest import INBOUND, INBOUND_ROTATED, OUTBOUND, TOKEN_KEYS
 TAGS = {"app": "jinrun-approval-gateway", "stage": "t"}
 
 
+@pytest.fixture(autouse=True)
+def _config_copy(tmp_path, monkeypatch):
+    """The bootstrap names the approvals stream in the stage: in a copy of .chalice, never in
+    the repository's config.json."""
+    import shutil
+
+    copy = tmp_path / "project" / ".chalice"
+    shutil.copytree(bootstrap_module.CONFIG_PATH.parent, copy,
+                    ignore=shutil.ignore_patterns("deployed"))
+    monkeypatch.setattr(bootstrap_module, "CONFIG_PATH", copy / "config.json")
+    return copy / "config.json"
+
+
 def _values() -> dict[str, str]:
     return {
         "t/outbound": json.dumps(OUTBOUND),
@@ -103,7 +116,12 @@ def test_bootstrap_creates_everything_then_changes_nothing(empty_aws):
             assert value not in line
 
 
-def test_a_half_finished_setup_is_completed_and_each_change_named(empty_aws, capsys):
+def table_stream(name: str) -> str:
+    return aws.client("dynamodb").describe_table(TableName=name)["Table"]["LatestStreamArn"]
+
+
+def test_a_half_finished_setup_is_completed_and_each_change_named(empty_aws, capsys,
+                                                                  _config_copy):
     """What an interrupted first run (or a table made by hand) leaves: bare tables without
     recovery, TTL, protection, stream or tags, and a secret without tags or deletion policy."""
     env = stage_environment("dev")
@@ -140,6 +158,18 @@ def test_a_half_finished_setup_is_completed_and_each_change_named(empty_aws, cap
         f"created event bus {env['EVENT_BUS_NAME']}",
         f"created archive {env['EVENT_BUS_NAME']} of every approval event (365 days)",
         f"created queue {env['EVENT_BUS_NAME']}-dlq (the approval events' dead letters)",
+        # The attachments bucket (tests/test_files_bucket.py).
+        *(f"bucket {env['ATTACHMENTS_BUCKET']}: {change}" for change in (
+            "created", "blocked all public access",
+            "objects owned by the bucket owner (ACLs off)", "encrypted at rest (SSE-S3)",
+            "refuses every request not made over TLS",
+            "unused uploads expire after 2 days, sent files after 90", "tagged app, stage")),
+        # Each function's log group with the stage's retention, before any function exists.
+        *[f"created log group /aws/lambda/jinrun-approval-gateway-dev{suffix} (30 days)"
+          for suffix in ("", "-send_approval", "-cancel_approval",
+                         "-request_file_upload", "-get_approval", "-find_stuck_approvals",
+                         "-publish_approval_events")],
+        f"set APPROVALS_STREAM_ARN {table_stream(approvals)} in {_config_copy} (commit it)",
     ]
     assert err.count("warning: secret") == 2 and "secrets add-inbound --stage dev" in err
     dev_tags = {"app": "jinrun-approval-gateway", "stage": "dev"}
@@ -275,3 +305,24 @@ def test_unknown_stage_is_an_error(capsys):
 def test_config_path_is_the_repository_config():
     assert bootstrap_module.CONFIG_PATH.name == "config.json"
     assert bootstrap_module.CONFIG_PATH.parent.name == ".chalice"
+
+
+def test_log_group_retention_matches_the_cloudformation_path():
+    """Both paths keep each function's logs equally long (infra/resources.yaml)."""
+    from ops.log_groups import LOG_RETENTION_DAYS
+    from tests.test_deploy import ROOT, load_cfn
+
+    mapping = load_cfn(ROOT / "infra" / "resources.yaml")["Mappings"]["StageObservability"]
+    assert {stage: mapping[stage]["LogRetentionDays"] for stage in mapping} == LOG_RETENTION_DAYS
+
+
+def test_a_log_group_kept_forever_gets_the_stages_retention(empty_aws, capsys):
+    """A group Lambda made at a first invocation (no retention) is given the stage's."""
+    aws.client("logs").create_log_group(logGroupName="/aws/lambda/jinrun-approval-gateway-prod")
+    main(["--stage", "prod"])
+    out, _ = capsys.readouterr()
+    assert ("log group /aws/lambda/jinrun-approval-gateway-prod: retention forever -> 365 days"
+            in out.splitlines())
+    group = aws.client("logs").describe_log_groups(
+        logGroupNamePrefix="/aws/lambda/jinrun-approval-gateway-prod")["logGroups"][0]
+    assert group["retentionInDays"] == 365

@@ -52,7 +52,24 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # Services the Lambda code may call, with the IAM prefix of each. A new service fails
 # test_functions_call_only_known_services until it is added here, to the recorder's
 # _resource_names and to the policy files.
-KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "events": "events"}
+KNOWN_SERVICES = {"dynamodb": "dynamodb", "secretsmanager": "secretsmanager", "events": "events",
+                  "s3": "s3", "stepfunctions": "states"}
+# S3 calls authorised as another action: HeadObject is s3:GetObject, and a presigned request is
+# authorised when it is used, as the action it presigns (a presigned POST is s3:PutObject).
+# botocore emits a presigned POST's parameters under the CreateBucket operation model (no code
+# path creates a bucket: the scanner would find create_bucket).
+# A POST carrying a tagging field also needs s3:PutObjectTagging.
+S3_ACTIONS = {"HeadObject": ("GetObject",), "GetObject": ("GetObject",),
+              "PutObjectTagging": ("PutObjectTagging",),
+              "generate_presigned_post": ("PutObject", "PutObjectTagging"),
+              "CreateBucket": ("PutObject", "PutObjectTagging")}
+# The attachments bucket's objects each action is granted on (docs/operations.md): uploads land
+# under uploads/, reads cover every object a send may name.
+S3_SCOPES = {"s3:GetObject": "/*", "s3:PutObject": "/uploads/*",
+             "s3:PutObjectTagging": "/uploads/*"}
+# Answering a workflow's task token: the token names no resource IAM can check (a callback
+# task's token is not an activity's), so these two are allowed on Resource *.
+TASK_TOKEN_ACTIONS = {"states:SendTaskSuccess", "states:SendTaskFailure"}
 # IAM prefixes that only the Lambda service uses with a function's role, never the code: an
 # event source mapping's on-failure destination (the approval events' dead-letter queue).
 SERVICE_ONLY_PREFIXES = {"sqs"}
@@ -266,8 +283,12 @@ class CallGraph:
                                 for key in keys & TRANSACT_ELEMENTS.keys()}
                 elif operation == "TransactGetItems":
                     actions.add(f"{prefix}:GetItem")
+                elif service == "s3":
+                    actions |= {f"{prefix}:{name}" for name in S3_ACTIONS[operation]}
                 else:
                     actions.add(f"{prefix}:{operation}")
+        if "s3" in services and "generate_presigned_post" in names:
+            actions |= {f"s3:{name}" for name in S3_ACTIONS["generate_presigned_post"]}
         return Reach(frozenset(seen), frozenset(services), frozenset(actions))
 
 
@@ -346,9 +367,15 @@ def _recorded(model, params) -> set[tuple[str, str]]:
     operation = model.name
     if service == "secretsmanager":
         return {(f"{prefix}:{operation}", _setting_of(params["SecretId"]))}
+    if service == "s3":
+        assert params["Bucket"] == os.environ[settings.ATTACHMENTS_BUCKET], params["Bucket"]
+        return {(f"{prefix}:{name}", settings.ATTACHMENTS_BUCKET + S3_SCOPES[f"{prefix}:{name}"])
+                for name in S3_ACTIONS[operation]}
     if service == "events":
         return {(f"{prefix}:{operation}", _setting_of(entry.get("EventBusName", "default")))
                 for entry in params["Entries"]}
+    if service == "stepfunctions":
+        return {(f"{prefix}:{operation}", "*")}
     if operation in {"TransactWriteItems", "TransactGetItems"}:
         found = set()
         for item in params["TransactItems"]:
@@ -398,6 +425,17 @@ def exercise_api_handler(gateway, zeyi, record):
         _ok(_http(gateway, "get", "/audit/POL-API")[1])
         cancel = json.dumps(peer.cancel_body("POL-API")).encode()
         _ok(_http(gateway, "post", "/audit/cancel", cancel)[1])
+        # Idempotency keys: a keyed send and its retry (the first answer read back), a keyed
+        # cancel.
+        keyed = {"Content-Type": "application/json", "Idempotency-Key": "pol-key"}
+        send = json.dumps(peer.send_body("POL-KEY")).encode()
+        first = _ok(_http(gateway, "post", "/audit/send", send, keyed)[1])
+        assert _http(gateway, "post", "/audit/send", send, keyed)[1] == first
+        refused = json.dumps({**peer.send_body(".POL"), "taskToken": "t"}).encode()
+        assert _http(gateway, "post", "/audit/send", refused)[0] == 400
+        cancel = json.dumps(peer.cancel_body("POL-KEY")).encode()
+        _ok(_http(gateway, "post", "/audit/cancel", cancel, {**keyed,
+                                                             "Idempotency-Key": "pol-c"})[1])
         ended = dict(code="POL-API", businessId="proc-2", type="terminate", result=None)
         assert _callback(gateway, token, **ended)["disposition"] == "applied"
         # A finish after its own instance's terminate was first at Zeyi; then nothing moves.
@@ -413,10 +451,61 @@ def exercise_api_handler(gateway, zeyi, record):
         agreed = dict(code="POL-OLD", businessId="proc-3", type="finish", result="agree")
         assert _callback(gateway, token, **agreed) == {"status": "AGREED",
                                                        "disposition": "applied"}
+        # Files: an upload, a send that links it, the approver's click.
+        file_id = _uploaded(gateway)
+        _ok(_http(gateway, "post", "/audit/send",
+                  json.dumps(_with_file("POL-FILE", file_id)).encode())[1])
+        link = zeyi.instance("POL-FILE").request["auditFormList"][1]["value"]
+        assert gateway.http.get(link[link.index("/files/"):]).status_code == 302
+
+
+def _uploaded(gateway, name: str = "合同.pdf", data: bytes = b"%PDF-1.4 test") -> str:
+    """A fileId whose bytes are in the attachments bucket (the upload itself goes to S3)."""
+    import requests
+
+    status, answer = _http(gateway, "post", "/files", json.dumps(
+        {"fileName": name, "contentType": "application/pdf", "size": len(data)}).encode())
+    assert status == 200, answer
+    form = answer["result"]["upload"]
+    if UPLOAD_AS is None:
+        uploaded = requests.post(form["url"], data=form["fields"],
+                                 files={"file": (name, data)}, timeout=10)
+        assert uploaded.status_code in (200, 204), uploaded.text[:2000]
+    else:  # the app's own upload, as the enforcing moto can take it (tests/test_iam_sufficiency)
+        import boto3
+
+        fields = form["fields"]
+        boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], **UPLOAD_AS).put_object(
+            Bucket=form["url"].rstrip("/").rsplit("/", 1)[-1], Key=fields["key"], Body=data,
+            ContentType=fields["Content-Type"], Tagging="jinrun-state=unused",
+            Metadata={"filename": fields["x-amz-meta-filename"]})
+    return answer["result"]["fileId"]
+
+
+# A presigned POST is authorised by the form's own policy signature, which moto's IAM
+# enforcement cannot check (it answers 500): the IAM test puts the bytes with these keys instead.
+UPLOAD_AS: dict | None = None
+
+
+def _with_file(code: str, value: str) -> dict:
+    body = peer.send_body(code)
+    body["auditFormList"][1] = {"type": "file", "key": "合同", "value": value}
+    return body
+
+
+def exercise_request_file_upload(gateway, zeyi, record):
+    with record():
+        answer = _ok(gateway.lambda_.invoke("request_file_upload", {
+            "fileName": "报价单.pdf", "contentType": "application/pdf", "size": 10}).payload)
+        assert answer["result"]["fileId"].startswith("file-")
+        refused = gateway.lambda_.invoke("request_file_upload", {"fileName": "x"}).payload
+        assert refused["errorCode"] == "VALIDATION_ERROR", refused
 
 
 def exercise_send_approval(gateway, zeyi, record):
-    """A send Zeyi refuses (FAILED), the resend that replaces it, a send refused as active."""
+    """A send Zeyi refuses (FAILED), the resend that replaces it, a send refused as active,
+    a send with a file, one naming a file that is not there."""
+    file_id = _uploaded(gateway)
     zeyi.add_fault("send", "refuse")
     with record():
         refused = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
@@ -424,14 +513,31 @@ def exercise_send_approval(gateway, zeyi, record):
         _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload)
         active = gateway.lambda_.invoke("send_approval", peer.send_body("POL-S")).payload
         assert active["errorCode"] == "APPROVAL_ACTIVE", active
+        _ok(gateway.lambda_.invoke("send_approval", _with_file("POL-SF", file_id)).payload)
+        missing = gateway.lambda_.invoke("send_approval",
+                                         _with_file("POL-SM", "file-" + "0" * 32)).payload
+        assert missing["errorCode"] == "VALIDATION_ERROR", missing
+        # A workflow's send refused before its claim: its task is failed at once.
+        refused = gateway.lambda_.invoke("send_approval", {**peer.send_body(".POL"),
+                                                           "taskToken": "token"}).payload
+        assert refused["errorCode"] == "VALIDATION_ERROR", refused
+        keyed = {**peer.send_body("POL-SK"), "idempotencyKey": "k", "taskToken": "token"}
+        first = _ok(gateway.lambda_.invoke("send_approval", keyed).payload)
+        again = gateway.lambda_.invoke("send_approval", keyed).payload
+        assert again["result"]["attemptId"] == first["result"]["attemptId"], again
 
 
 def exercise_cancel_approval(gateway, zeyi, record):
     _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-C")).payload)
+    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-CK")).payload)
     with record():
         _ok(gateway.lambda_.invoke("cancel_approval", peer.cancel_body("POL-C")).payload)
         again = gateway.lambda_.invoke("cancel_approval", peer.cancel_body("POL-C")).payload
         assert again["errorCode"] == "APPROVAL_NOT_CANCELLABLE", again
+        keyed = {**peer.cancel_body("POL-CK"), "idempotencyKey": "k"}
+        first = _ok(gateway.lambda_.invoke("cancel_approval", keyed).payload)
+        again = gateway.lambda_.invoke("cancel_approval", keyed).payload
+        assert again["result"]["attemptId"] == first["result"]["attemptId"], again
 
 
 def exercise_get_approval(gateway, zeyi, record):
@@ -448,7 +554,13 @@ def exercise_publish_approval_events(gateway, zeyi, record):
     from tests.events_support import create_bus, stream_records
 
     create_bus(os.environ[settings.EVENT_BUS_NAME])
-    _ok(gateway.lambda_.invoke("send_approval", peer.send_body("POL-E")).payload)
+    # A workflow's send: its task token is answered when the approval ends.
+    _ok(gateway.lambda_.invoke("send_approval", {**peer.send_body("POL-E"),
+                                                 "taskToken": "a-workflows-token"}).payload)
+    zeyi.add_fault("send", "refuse")  # FAILED: the workflow's task fails
+    refused = gateway.lambda_.invoke("send_approval", {**peer.send_body("POL-EF"),
+                                                       "taskToken": "another-token"}).payload
+    assert refused["result"]["status"] == "FAILED", refused
     body = b"{}"
     token = json.loads(gateway.http.post("/auth/token", body=body, headers=peer.signed_headers(
         body)).body)["result"]["accessToken"]
@@ -508,6 +620,7 @@ class Entry:
 FUNCTIONS: dict[str, Entry] = {
     API_HANDLER: Entry(exercise_api_handler),
     "send_approval": Entry(exercise_send_approval),
+    "request_file_upload": Entry(exercise_request_file_upload),
     "cancel_approval": Entry(exercise_cancel_approval),
     "get_approval": Entry(exercise_get_approval),
     "publish_approval_events": Entry(exercise_publish_approval_events,
@@ -518,6 +631,11 @@ FUNCTIONS: dict[str, Entry] = {
 
 @pytest.fixture
 def record_calls(gateway, monkeypatch):
+    monkeypatch.setenv(settings.ATTACHMENTS_BUCKET, "test-attachments")
+    monkeypatch.setenv(settings.PUBLIC_BASE_URL, "https://approvals.example/api")
+    region = aws.client("s3").meta.region_name  # cn-north-1 here: a bucket says where it lives
+    aws.client("s3").create_bucket(Bucket="test-attachments", CreateBucketConfiguration={
+        "LocationConstraint": region})
     with simulator() as zeyi:
         monkeypatch.setenv("ZEYI_BASE_URL", zeyi.url)
         recorder = Recorder()
@@ -541,7 +659,12 @@ def stage_env(name: str) -> dict[str, str]:
 
 
 def resource_arn(stage_name: str, setting: str) -> str:
+    if setting == "*":
+        return "*"
     setting, _, index = setting.partition("/index/")
+    if setting.startswith(settings.ATTACHMENTS_BUCKET):
+        bucket, scope = setting.split("/", 1)
+        return f"arn:*:s3:::{stage_env(stage_name)[bucket]}/{scope}"
     value = stage_env(stage_name)[setting]
     if index:
         return f"arn:*:dynamodb:*:*:table/{value}/index/{index}"
@@ -655,12 +778,17 @@ def test_policy_is_least_privilege_in_form(stage_name, function):
         assert len(prefixes) == 1, f"{name}: one service per statement, got {prefixes}"
         prefix = prefixes.pop()
         if resources == {"*"}:
-            assert prefix in {"ec2", "xray"}, (
-                f"{name}: Resource * is only for the VPC ENI and X-Ray actions")
-            assert actions <= VPC_ENI_ACTIONS | XRAY_ACTIONS, (
-                f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS}")
+            assert prefix in {"ec2", "xray", "states"}, (
+                f"{name}: Resource * is only for the VPC ENI, X-Ray and task-token actions")
+            assert actions <= VPC_ENI_ACTIONS | XRAY_ACTIONS | TASK_TOKEN_ACTIONS, (
+                f"{name}: {actions - VPC_ENI_ACTIONS - XRAY_ACTIONS - TASK_TOKEN_ACTIONS}")
             continue
         for resource in resources:
+            if prefix == "s3":  # S3 ARNs name no region and no account
+                bucket = stage_env(stage_name)[settings.ATTACHMENTS_BUCKET]
+                assert resource.startswith(f"arn:*:s3:::{bucket}/"), (
+                    f"{name}: {resource} is not an object of the stage's attachments bucket")
+                continue
             assert resource.startswith(f"arn:*:{prefix}:*:*:"), (
                 f"{name}: {resource} must name no partition or region (the file serves aws and "
                 "aws-cn in any region); the account is pinned by the condition")
@@ -714,9 +842,11 @@ def _region_for_chalice(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "cn-north-1")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_chalice_package_builds_every_stage(stage, tmp_path):
-    result = package(stage, tmp_path / "out", require_vpc=False)
+    # The committed config names no stream (the bootstrap writes it per account).
+    result = package(stage, tmp_path / "out", require_vpc=False, require_stream=False)
     template = json.loads(result.template.read_text(encoding="utf-8"))
     functions = _functions(template)
     assert {"APIHandler", "SendApproval", "CancelApproval", "GetApproval"} <= functions.keys()
@@ -756,12 +886,17 @@ def test_chalice_package_builds_every_stage(stage, tmp_path):
         assert {"chalicelib", "app.py"} <= {e.split("/")[0] for e in archive.namelist()}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_merged_template_passes_cfn_lint(stage, tmp_path):
     result = package(stage, tmp_path / "out", merge_template=ROOT / "infra" / "resources.yaml",
                      require_vpc=False)
     assert result.template.suffix == ".yaml"
     cfn_lint(result.template)
+    # The stack takes no other Stage than the packaged one: a prod package deployed with
+    # Stage=dev would carry prod's settings under dev's names.
+    parameter = load_cfn(result.template)["Parameters"]["Stage"]
+    assert (parameter["AllowedValues"], parameter["Default"]) == ([stage], stage)
     # The approval events' stream subscription: this stack's stream, and the failure handling
     # chalice cannot write, merged into chalice's own (tests/test_events_deploy.py).
     from chalicelib.approvals.events import STREAM_MAPPING
@@ -850,6 +985,7 @@ def test_resources_template_denies_deleting_every_secret():
     assert protected == secrets
 
 
+@pytest.mark.process
 def test_vpc_egress_template_passes_cfn_lint():
     cfn_lint(ROOT / "infra" / "vpc-egress.yaml")
     template = load_cfn(ROOT / "infra" / "vpc-egress.yaml")
@@ -863,6 +999,7 @@ def test_vpc_egress_template_passes_cfn_lint():
         assert template["Resources"][f"EgressIp{suffix}"]["DeletionPolicy"] == "Retain"
 
 
+@pytest.mark.process
 def test_vpc_and_resource_policy_configuration_packages(tmp_path):
     """What docs/operations.md tells the operator to add once the VPC stack exists: subnets and
     security group for the stage, and optionally the API resource policy. Built on a copy."""
@@ -910,18 +1047,21 @@ def test_package_fails_loudly_when_dependencies_cannot_be_installed(tmp_path, mo
 
     monkeypatch.setattr(ops_package.subprocess, "run", lambda *a, **k: Completed())
     with pytest.raises(PackageError, match="could not install"):
-        package("dev", tmp_path, require_vpc=False)
+        package("dev", tmp_path, require_vpc=False, require_stream=False)
 
 
+@pytest.mark.process
 def test_package_fails_over_the_size_budget(tmp_path):
     with pytest.raises(PackageError, match="over the budget"):
-        package("dev", tmp_path / "out", budget_bytes=1024, require_vpc=False)
+        package("dev", tmp_path / "out", budget_bytes=1024, require_vpc=False,
+                require_stream=False)
 
 
 def _clean_make_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
 
 
+@pytest.mark.process
 def test_make_package_refuses_a_stage_without_vpc_settings(tmp_path):
     # The committed config has empty VPC settings until `ops config fill-vpc` fills them.
     completed = subprocess.run(
@@ -935,6 +1075,42 @@ def test_make_package_refuses_a_stage_without_vpc_settings(tmp_path):
     assert "Creating deployment package" not in completed.stdout + completed.stderr
 
 
+STREAM = "arn:aws:dynamodb:cn-north-1:111122223333:table/jinrun-approvals-dev/stream/2026-01-01T00:00:00.000"
+
+
+def _project_copy(tmp_path, stage: str, **settings) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / ".chalice", project / ".chalice",
+                    ignore=shutil.ignore_patterns("deployments", "venv", "deployed"))
+    config = json.loads((project / ".chalice" / "config.json").read_text(encoding="utf-8"))
+    config["stages"][stage].update(settings)
+    (project / ".chalice" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return project
+
+
+def test_a_package_without_the_approvals_stream_is_refused(tmp_path):
+    """Without the stream's ARN the events function would be subscribed to a stand-in that
+    does not exist (table/unset/stream/unset): refused before chalice runs, with the fix."""
+    project = _project_copy(tmp_path, "prod", subnet_ids=["subnet-0123456789abcdef0"],
+                            security_group_ids=["sg-0123456789abcdef0"])
+    with pytest.raises(PackageError) as refused:
+        package("prod", tmp_path / "out", project_dir=project)
+    assert "stage prod names no APPROVALS_STREAM_ARN" in str(refused.value)
+    assert "python -m ops.bootstrap --stage prod" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.process
+def test_the_local_stage_is_never_packaged(tmp_path):
+    """chalice itself fails on it with a KeyError traceback."""
+    completed = subprocess.run([sys.executable, "-m", "ops.package", "--stage", "local", "--out",
+                                str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60, check=False)
+    assert completed.returncode == 1
+    assert completed.stderr == ("error: stage local runs only in the sandbox (`make run`): it is "
+                                "never packaged or deployed; package dev or prod\n")
+
+
 def test_package_passes_the_guard_once_the_stage_opts_out(tmp_path, monkeypatch):
     """An account that needs no whitelist says so per stage, and then packages."""
     import ops.package as ops_package
@@ -946,6 +1122,7 @@ def test_package_passes_the_guard_once_the_stage_opts_out(tmp_path, monkeypatch)
     config["stages"]["dev"].pop("subnet_ids")
     config["stages"]["dev"].pop("security_group_ids")
     config["stages"]["dev"]["vpc_opt_out"] = "Zeyi test accepts any IP for this account"
+    config["stages"]["dev"]["environment_variables"]["APPROVALS_STREAM_ARN"] = STREAM
     (project / ".chalice" / "config.json").write_text(json.dumps(config), encoding="utf-8")
     ran = []
 

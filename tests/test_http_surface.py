@@ -19,7 +19,7 @@ ALL_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 # path, the one method it takes, the status of a refusal there
 ROUTES = [("/auth/token", "POST", 400), (CALLBACK, "POST", 400),
           ("/audit/send", "POST", 405), ("/audit/cancel", "POST", 405),
-          ("/audit/PO-1", "GET", 405)]
+          ("/audit/PO-1", "GET", 405), ("/files", "POST", 405)]
 WRONG = [(path, method, allowed, status) for path, allowed, status in ROUTES
          for method in ALL_METHODS if method != allowed]
 

@@ -97,6 +97,7 @@ def metric_stats(alarm: dict) -> list[dict]:
             for ns, name, dims in found]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_every_function_logs_to_its_own_group_with_a_retention(template, stage):
     cfn = template(stage)
@@ -118,6 +119,7 @@ def test_every_function_logs_to_its_own_group_with_a_retention(template, stage):
         assert f"arn:*:logs:*:*:log-group:{group_name}" in granted[0]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_the_api_logs_each_request_as_json_is_traced_and_throttled(template, stage):
     cfn = template(stage)
@@ -141,6 +143,7 @@ def test_the_api_logs_each_request_as_json_is_traced_and_throttled(template, sta
     assert cfn["Resources"][destination[0]]["Type"] == "AWS::Logs::LogGroup"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_every_function_has_an_errors_and_a_throttles_alarm(template, stage):
     cfn = template(stage)
@@ -155,6 +158,7 @@ def test_every_function_has_an_errors_and_a_throttles_alarm(template, stage):
             cfn_name)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_alarms_go_to_the_stages_topic_and_read_metrics_the_code_writes(template, stage):
     cfn = template(stage)
@@ -194,6 +198,7 @@ def test_alarms_go_to_the_stages_topic_and_read_metrics_the_code_writes(template
     assert sub(topic["TopicName"], stage) == f"jinrun-approval-gateway-{stage}-alarms"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_the_alarms_the_issue_names_watch_what_they_say(template, stage):
     found = {sub(a["AlarmName"], stage).rsplit(f"{stage}-", 1)[1]: a
@@ -234,6 +239,7 @@ def test_the_alarms_the_issue_names_watch_what_they_say(template, stage):
     assert sub(dimensions["ApiName"], stage) == sub(api["Name"], stage)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_the_dashboard_is_json_and_shows_every_alarm(template, stage):
     cfn = template(stage)
@@ -254,7 +260,7 @@ def test_the_dashboard_is_json_and_shows_every_alarm(template, stage):
 def test_every_alarm_has_a_runbook_entry():
     operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     for name in ALARMS | {"lambda-errors", "lambda-throttles"}:
-        assert re.search(rf"^#### `{re.escape(name)}`", operations, re.MULTILINE), name
+        assert re.search(rf"^#{{3,4}} `{re.escape(name)}`", operations, re.MULTILINE), name
 
 
 def test_reserved_concurrency_is_set_per_function_and_stage():
@@ -267,6 +273,7 @@ def test_reserved_concurrency_is_set_per_function_and_stage():
     assert CONFIG["xray"] is True
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", DEPLOYED_STAGES)
 def test_api_gateways_own_answers_are_the_envelope_too(template, stage):
     cfn = template(stage)

@@ -3,6 +3,7 @@ in a terminal, and as JSON for scripts; against moto server, with the approval m
 gateway itself (a send through the Zeyi simulator, then Zeyi's callbacks)."""
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -162,6 +163,49 @@ def test_list_finds_the_oldest_open_approvals_of_a_status(aws_env, capsys, tmp_p
     assert [head["code"] for head in json.loads(json_out)] == ["OLD-1", "OLD-2"]
 
 
+def test_list_shows_every_open_approval_in_one_run_with_human_times(aws_env, capsys,
+                                                                   tmp_path, monkeypatch):
+    """Without --status: SUBMITTING, CANCELLING and PENDING in one table, oldest first, each
+    with how long it has been open and when it opened (not epoch milliseconds)."""
+    import ops.approvals
+
+    now = [1_800_000_000.0]
+    store_ = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE,
+                                   clock=lambda: now[0])
+    now[0] -= 3 * 86400 + 2 * 3600
+    pending = store_.claim("P-1", {"code": "P-1"}, 120)
+    store_.settle_send("P-1", pending, "PENDING", {"kind": "accepted"})
+    now[0] = 1_800_000_000.0 - 45 * 60
+    store_.claim("S-1", {"code": "S-1"}, 120)
+    original = ops.approvals.list_command
+    monkeypatch.setattr(ops.approvals, "list_command",
+                        lambda a: original(a, clock=lambda: 1_800_000_000.0))
+    status, out, _ = run_ops(capsys, "approvals", "list", "--stage", "dev",
+                             "--config", stage_config(tmp_path))
+    lines = out.splitlines()
+    assert status == 0
+    assert lines[0] == ("2 open (SUBMITTING, CANCELLING, PENDING) approval(s), oldest first")
+    assert lines[1].split()[:5] == ["CODE", "STATUS", "OPEN", "FOR", "OPEN"]
+    assert lines[2].split()[:5] == ["P-1", "PENDING", "3d", "2h", "2027-01-12"]
+    assert lines[3].split()[:4] == ["S-1", "SUBMITTING", "45m", "2027-01-15"]
+    assert not re.search(r"(?<![\w-])\d{13}(?![\w-])", out)  # no bare epoch milliseconds
+
+
+def test_show_keeps_columns_aligned_with_chinese_text():
+    """A CJK character takes two terminal columns: the next column starts at the same place in
+    every row."""
+    from ops.approvals import _width, render
+
+    history = {"code": "HT-1", "status": "AGREED", "attempts": [], "callbacks": [
+        {"receivedAt": 1_800_000_000_000, "type": "finish", "result": "agree",
+         "auditUser": "张三", "remark": "同意"},
+        {"receivedAt": 1_800_000_000_001, "type": "finish", "result": "agree",
+         "auditUser": "li", "remark": "ok"}]}
+    rows = [line for line in render(history).splitlines() if "finish" in line]
+    starts = [_width(row[:row.index("同意" if "同意" in row else "ok")]) for row in rows]
+    assert len(rows) == 2 and starts[0] == starts[1]
+
+
 def test_list_refuses_a_duration_it_cannot_read(aws_env, capsys, tmp_path):
     status, _, err = run_ops(capsys, "approvals", "list", "--status", "PENDING", "--older-than",
                              "a week", "--stage", "dev", "--config", stage_config(tmp_path))
@@ -174,8 +218,8 @@ def test_resolve_closes_a_stuck_approval_and_keeps_who_and_why(aws_env, capsys, 
     store_ = store()
     store_.claim("STUCK-1", {"code": "STUCK-1"}, 120)
     status, out, err = run_ops(capsys, "approvals", "resolve", "STUCK-1", "--status", "FAILED",
-                               "--reason", "Zeyi support: never received", "--stage", "dev",
-                               "--config", stage_config(tmp_path))
+                               "--reason", "Zeyi support: never received", "--yes",
+                               "--stage", "dev", "--config", stage_config(tmp_path))
     assert (status, err) == (0, "")
     assert out.startswith("STUCK-1: SUBMITTING → FAILED (by arn:aws:sts::")
     record = store_.history("STUCK-1")
@@ -186,11 +230,42 @@ def test_resolve_closes_a_stuck_approval_and_keeps_who_and_why(aws_env, capsys, 
     assert store_.open_approvals("SUBMITTING") == []  # it left the open-approvals index
 
     again = run_ops(capsys, "approvals", "resolve", "STUCK-1", "--status", "TERMINATED",
-                    "--reason", "x", "--by", "me", "--stage", "dev",
+                    "--reason", "x", "--by", "me", "--yes", "--stage", "dev",
                     "--config", stage_config(tmp_path))
     assert again[0] == 1 and again[2] == (
         "error: code STUCK-1 is FAILED: only an open approval (SUBMITTING, PENDING, CANCELLING)"
         " can be resolved\n")
+
+
+def test_resolve_asks_before_closing_and_a_no_changes_nothing(aws_env, capsys, tmp_path,
+                                                               monkeypatch):
+    from ops import approvals as approvals_module
+
+    store_ = store()
+    attempt = store_.claim("WAIT-1", {"code": "WAIT-1"}, 120)
+    store_.settle_send("WAIT-1", attempt, "PENDING", {"kind": "accepted"})
+    argv = ["approvals", "resolve", "WAIT-1", "--status", "TERMINATED", "--reason", "gone",
+            "--by", "me", "--stage", "dev", "--config", stage_config(tmp_path)]
+    # Not a terminal (a script, a pipe), no --yes: refused, nothing closed.
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    status, _, err = run_ops(capsys, *argv)
+    assert status == 1 and err == ("error: WAIT-1 is PENDING: closing it needs a yes; pass "
+                                   "--yes (stdin is not a terminal)\n")
+    assert store_.history("WAIT-1")["status"] == "PENDING"
+    # At a terminal: the question names the status; anything but yes leaves it open.
+    asked = []
+    real = approvals_module.resolve_command
+    monkeypatch.setattr(approvals_module, "resolve_command", lambda args: real(
+        args, ask=lambda q: asked.append(q) or "n", interactive=True))
+    status, out, _ = run_ops(capsys, *argv)
+    assert (status, out) == (3, "WAIT-1: left PENDING\n")
+    assert asked[0].startswith("WAIT-1 is PENDING (last change 20")
+    assert asked[0].endswith("close it as TERMINATED? Zeyi should have confirmed it. [y/N] ")
+    assert store_.history("WAIT-1")["status"] == "PENDING"
+    monkeypatch.setattr(approvals_module, "resolve_command", lambda args: real(
+        args, ask=lambda q: "yes", interactive=True))
+    status, out, _ = run_ops(capsys, *argv)
+    assert status == 0 and out.startswith("WAIT-1: PENDING → TERMINATED (by me)")
 
 
 def test_resolve_needs_a_reason(aws_env, capsys, tmp_path):

@@ -61,7 +61,9 @@ COMMANDS = [
     ["approvals", "show", "HT-1"],
     ["approvals", "list", "--status", "PENDING", "--older-than", "7d"],
     ["approvals", "resolve", "HT-1", "--status", "FAILED", "--reason", "stuck", "--by", "me"],
+    ["files", "revoke", "HT-1"],
     ["secrets", "add-inbound"],
+    ["secrets", "list-inbound"],
     ["secrets", "retire-inbound", "some-key"],
     ["secrets", "last-seen", "some-key"],
     ["secrets", "rotate-token-key"],
@@ -70,6 +72,8 @@ COMMANDS = [
     ["config", "fill-vpc"],
     ["config", "fill-stream"],
     ["events", "replay-dlq"],
+    ["events", "replay", "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z",
+     "--rule", "finance-app"],
     ["events", "configure-mapping"],
     ["deploy", "--dry-run"],
 ]
@@ -85,17 +89,30 @@ def _command_paths(parser: argparse.ArgumentParser, prefix=()):
 
 def test_every_command_has_help(capsys):
     paths = list(_command_paths(build_parser()))
+    # Bootstrap and packaging are listed too (their own modules parse their arguments).
     assert {path[0] for path in paths} == {"approvals", "secrets", "sign", "config", "deploy",
-                                          "events"}
+                                          "events", "files", "bootstrap", "package"}
     leaves = {path for path in paths if not any(p[:len(path)] == path and p != path
                                                 for p in paths)}
-    assert leaves == {tuple(c[:2]) if c[0] != "deploy" else ("deploy",) for c in COMMANDS}
+    assert leaves == {tuple(c[:2]) if c[0] != "deploy" else ("deploy",) for c in COMMANDS} | {
+        ("bootstrap",), ("package",)}
     for path in [(), *paths]:
         with pytest.raises(SystemExit) as exit_info:
             main([*path, "--help"])
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: python -m ops"), path
+
+
+def test_the_top_level_help_names_bootstrap_packaging_and_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "bootstrap" in out and "package" in out
+    for line in ("0  done", "3  nothing to do", "4  a next step is not due yet"):
+        assert line in out
+    assert main(["bootstrap", "--stage", "nope"]) == 2  # ops.bootstrap's own parser ran
+    assert "stage 'nope' is not in" in capsys.readouterr().err
 
 
 def _argv(command, tmp_path) -> list[str]:
@@ -128,6 +145,7 @@ def test_every_command_says_what_is_missing_in_one_line(command, missing, messag
         assert err.count("\n") == 1, err
 
 
+@pytest.mark.process
 def test_the_module_entry_point_runs_as_documented(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
@@ -144,3 +162,25 @@ def test_the_module_entry_point_runs_as_documented(tmp_path):
 def test_an_unknown_stage_is_one_line(capsys):
     status, _, err = run_ops(capsys, "config", "check", "--stage", "nope")
     assert status == 1 and err.startswith("error: stage 'nope' is not in ")
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(capsys):
+    """`python -m ops approvals show CODE --json | head`: the reader leaves early; the command
+    ends quietly instead of `error: file: Broken pipe`."""
+    import os
+    import sys
+
+    from ops.common import run
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    pipe = os.fdopen(write_end, "w")
+    saved = sys.stdout
+    sys.stdout = pipe
+    try:
+        status = run(lambda: [print("x" * 1024, flush=True) for _ in range(256)] and 0)
+    finally:
+        sys.stdout = saved
+        pipe.close()
+    assert status == 0
+    assert capsys.readouterr().err == ""

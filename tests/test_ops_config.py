@@ -11,7 +11,6 @@ import pytest
 from chalicelib.runtime import aws
 from ops import stage_config as stage_config_module
 from ops.bootstrap import main as bootstrap_main
-from ops.cli import main as ops_main
 from ops.stage_config import load_stage, vpc_problems
 from tests.conftest import INBOUND, OUTBOUND
 from tests.test_ops_cli import run_ops, stage_config
@@ -29,8 +28,7 @@ def bootstrapped(tmp_path, **changes):
     assert bootstrap_main(["--stage", "dev", "--config", str(config), "--outbound-secret-file",
                            str(outbound), "--inbound-secret-file", str(inbound),
                            "--token-key", "generate"]) == 0
-    # The approvals stream, named in the stage for chalice deploy.
-    assert ops_main(["config", "fill-stream", "--stage", "dev", "--config", str(config)]) == 0
+    # The bootstrap alone (no `config fill-stream`) names the approvals stream in the stage.
     return config
 
 
@@ -44,26 +42,38 @@ def test_a_bootstrapped_stage_with_vpc_settings_is_ready(empty_aws, capsys, tmp_
     config = bootstrapped(tmp_path, stage_settings=VPC)
     capsys.readouterr()
     status, out, _ = run_ops(capsys, "config", "check", "--stage", "dev", "--config", config)
-    assert (status, out) == (0, "stage dev in us-east-1: ready to deploy (VPC settings, Zeyi "
-                                "URL, policy files, secrets, tables)\n")
+    assert (status, out) == (0, "stage dev in us-east-1: ready to deploy by the chalice path "
+                                "(VPC settings, Zeyi URL, policy files, secrets, tables, stream, "
+                                "bus, archive, dead-letter queue, log groups)\n")
 
 
 def test_an_empty_account_gets_the_whole_list(empty_aws, capsys, tmp_path):
     status, out, err = run_ops(capsys, "config", "check", "--stage", "dev",
                                "--config", stage_config(tmp_path))
     assert status == 1 and err == ""
-    assert out.splitlines()[0] == "stage dev in us-east-1: 9 problem(s)"
+    assert out.splitlines()[0] == ("stage dev in us-east-1: 16 problem(s) before a deploy by the "
+                                   "chalice path")
     problems = problems_of(out)
     assert problems[0].startswith("stage dev has no VPC settings")
-    assert problems[1:6] == ["secret test/zeyi-outbound does not exist",
-                             "secret test/zeyi-inbound does not exist",
-                             "secret test/token-key does not exist",
-                             "table test-approvals does not exist",
-                             "table test-nonces does not exist"]
+    # Each missing thing names the command that creates it.
+    bootstrap = "`python -m ops.bootstrap --stage dev"
+    assert problems[1:6] == [
+        f"secret test/zeyi-outbound does not exist ({bootstrap} --outbound-secret-file -` "
+        "stores Zeyi's credential)",
+        "secret test/zeyi-inbound does not exist (`python -m ops secrets add-inbound --stage dev "
+        "--show` creates it)",
+        f"secret test/token-key does not exist ({bootstrap} --token-key generate` creates it)",
+        f"table test-approvals does not exist ({bootstrap}` creates or completes it)",
+        f"table test-nonces does not exist ({bootstrap}` creates or completes it)"]
     # The approval events' (tests/test_ops_events.py).
     assert problems[6].startswith("APPROVALS_STREAM_ARN is not set")
-    assert problems[7:] == ["event bus jinrun-approval-events-dev does not exist",
-                            "queue jinrun-approval-events-dev-dlq does not exist"]
+    assert problems[7:9] == ["event bus jinrun-approval-events-dev does not exist",
+                             "queue jinrun-approval-events-dev-dlq does not exist"]
+    assert problems[9:] == [
+        f"log group /aws/lambda/jinrun-approval-gateway-dev{suffix} does not exist "
+        f"({bootstrap}` creates it with 30 days)"
+        for suffix in ("", "-send_approval", "-cancel_approval", "-request_file_upload",
+                       "-get_approval", "-find_stuck_approvals", "-publish_approval_events")]
 
 
 def test_what_a_half_set_up_stage_lacks_is_named(empty_aws, capsys, tmp_path):
@@ -95,14 +105,15 @@ def test_what_a_half_set_up_stage_lacks_is_named(empty_aws, capsys, tmp_path):
     assert "secret test/token-key: field keys must be a non-empty list" in problems
     assert ("secret test/token-key: nothing denies its deletion (`python -m ops.bootstrap "
             "--stage dev` adds the policy)") in problems
+    fix = " (`python -m ops.bootstrap --stage dev` creates or completes it)"
     assert [p for p in problems if p.startswith("table test-approvals")] == [
-        "table test-approvals: deletion protection is off",
+        "table test-approvals: deletion protection is off" + fix,
         "table test-approvals: stream is off (needs NEW_AND_OLD_IMAGES)",
-        "table test-approvals: point-in-time recovery is off"]
+        "table test-approvals: point-in-time recovery is off" + fix]
     assert [p for p in problems if p.startswith("table test-nonces")] == [
-        "table test-nonces: deletion protection is off",
-        "table test-nonces: point-in-time recovery is off",
-        "table test-nonces: TTL is off"]
+        "table test-nonces: deletion protection is off" + fix,
+        "table test-nonces: point-in-time recovery is off" + fix,
+        "table test-nonces: TTL is off" + fix]
     assert "set the real value" not in out
 
 
@@ -246,10 +257,45 @@ def test_deploy_runs_chalice_once_the_stage_is_ready(empty_aws, capsys, tmp_path
     config = bootstrapped(tmp_path, stage_settings=VPC)
     capsys.readouterr()
     status, out, _ = run_ops(capsys, "deploy", "--stage", "dev", "--dry-run", "--config", config)
-    assert (status, out) == (0, "stage dev in us-east-1: checks passed; running chalice deploy "
-                                "--stage dev\n")
+    assert (status, out) == (0, "stage dev in us-east-1: checks passed; dry run, so chalice "
+                                "deploy --stage dev and events configure-mapping were NOT run\n")
+
+
+LOCAL_REFUSED = ("error: stage local runs only in the sandbox (`make run`, chalice local): it is "
+                 "never deployed; check or deploy dev or prod\n")
 
 
 def test_deploy_never_deploys_the_local_stage(capsys):
     status, _, err = run_ops(capsys, "deploy", "--stage", "local")
-    assert status == 1 and err == "error: stage local is for `chalice local` only\n"
+    assert status == 1 and err == LOCAL_REFUSED
+
+
+def test_config_check_never_calls_the_local_stage_ready(capsys):
+    status, out, err = run_ops(capsys, "config", "check", "--stage", "local")
+    assert (status, out, err) == (1, "", LOCAL_REFUSED)
+
+
+# -- the CloudFormation path -----------------------------------------------------------------------
+
+def test_the_cloudformation_path_is_ready_before_its_stack_exists(empty_aws, capsys, tmp_path):
+    """The stack creates the tables, secrets, stream, bus, queue and log groups: an empty
+    account with the VPC settings is ready for it (and not for the chalice path)."""
+    config = stage_config(tmp_path, stage_settings=VPC)
+    status, out, _ = run_ops(capsys, "config", "check", "--stage", "dev", "--path",
+                             "cloudformation", "--config", config)
+    assert (status, out) == (0, "stage dev in us-east-1: ready to deploy by the cloudformation "
+                                "path (VPC settings, Zeyi URL, policy files, secrets, tables)\n")
+    status, out, _ = run_ops(capsys, "config", "check", "--stage", "dev", "--config", config)
+    assert status == 1 and "APPROVALS_STREAM_ARN is not set" in out
+
+
+def test_the_cloudformation_path_checks_what_its_stack_made(empty_aws, capsys, tmp_path):
+    """After the first stack deploy its secrets hold placeholders until the operator sets
+    them: named, as for the chalice path."""
+    config = stage_config(tmp_path, stage_settings=VPC)
+    aws.client("secretsmanager").create_secret(Name="test/token-key",
+                                               SecretString='{"placeholder": "x"}')
+    status, out, _ = run_ops(capsys, "config", "check", "--stage", "dev", "--path",
+                             "cloudformation", "--config", config)
+    assert status == 1
+    assert "secret test/token-key: field keys must be a non-empty list" in problems_of(out)

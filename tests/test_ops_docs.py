@@ -16,7 +16,10 @@ from tests.test_ops_cli import COMMANDS
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 # Set by the shell or by the prerequisites' `export` line.
 GIVEN = {"PWD", "HOME"}
+# Longest prefix first: `python -m ops bootstrap ...` is parsed by ops.bootstrap's own parser.
 PARSERS = {
+    ".venv/bin/python -m ops bootstrap ": bootstrap._parser,
+    ".venv/bin/python -m ops package ": package._parser,
     ".venv/bin/python -m ops ": build_parser,
     ".venv/bin/python -m ops.bootstrap ": bootstrap._parser,
     ".venv/bin/python -m ops.package ": package._parser,
@@ -45,6 +48,7 @@ def operator_commands() -> list[tuple[str, list[str]]]:
         for prefix in PARSERS:
             if command.startswith(prefix):
                 found.append((prefix, _without_comment(command[len(prefix):])))
+                break
     return found
 
 
@@ -76,4 +80,38 @@ def test_every_cli_command_is_documented():
     for command in COMMANDS:
         words = command[:2] if command[0] != "deploy" else ["deploy"]
         assert f"-m ops {' '.join(words)}" in text, f"{' '.join(words)} is not in {DOC.name}"
-    assert "-m ops.bootstrap" in text and "make package" in text
+    assert "-m ops bootstrap" in text and "make package" in text and "-m ops package" in text
+
+
+def test_the_first_deploy_is_one_checklist_for_one_stage_variable():
+    """Every operator command of the checklist names the stage through ${STAGE}, set once in
+    section 0: no step hard-codes dev (or prod) where a prod deploy could pick up dev."""
+    text = DOC.read_text(encoding="utf-8")
+    checklist = text[text.index("## 1. First deploy"):text.index("## 2. ")]
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", checklist, re.S))
+    stages = re.findall(r'--stage\s+("[^"]*"|[^\s)]+)', blocks)
+    assert stages and set(stages) == {'"${STAGE}"'}, stages
+    assert "export AWS_PROFILE=jinrun-prod STAGE=prod" in text[:text.index("## 1. ")]
+    # The packaged stack takes its stage from the package, never from an override.
+    assert "parameter-overrides Stage" not in checklist.split("### The CloudFormation path")[1]
+
+
+def test_what_a_rehearsal_cannot_prove_is_listed():
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("### What a rehearsal cannot prove"):]
+    for limit in ("ImportRestApi", "Fn::Select", "Logs Insights", "resource `*`"):
+        assert limit in section, limit
+
+
+def test_the_sandboxs_operator_command_works_pasted_alone():
+    """docs/sandbox.md's replay-dlq line names the emulator, its region and its credentials:
+    pasted into a fresh shell it needs nothing else (before, it failed on the region, then on
+    the credentials)."""
+    sandbox = (DOC.parent / "sandbox.md").read_text(encoding="utf-8")
+    blocks = [block for block in re.findall(r"```sh\n(.*?)```", sandbox, re.S)
+              if "-m ops events" in block]
+    assert blocks
+    for block in blocks:  # each block pasted alone: the settings inline or exported first
+        for needed in ("AWS_ENDPOINT_URL=http://127.0.0.1:5000", "REGION=",
+                       "AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="):
+            assert needed in block.split("-m ops events")[0], (needed, block)

@@ -58,8 +58,14 @@ def test_fill_stream_names_the_tables_stream_in_the_stage(empty_aws, capsys, tmp
                    "`python -m ops.bootstrap --stage dev`\n")
     bootstrap_main(["--stage", "dev", "--config", str(config)])
     capsys.readouterr()
-    status, out, _ = run_ops(capsys, "config", "fill-stream", "--stage", "dev", "--config", config)
     stream = stream_of("test-approvals")
+    # The bootstrap names it already; fill-stream alone does the same (a stream turned off and
+    # on again).
+    assert load_stage("dev", config).setting("APPROVALS_STREAM_ARN") == stream
+    from ops.events import write_stream_arn
+
+    write_stream_arn(load_stage("dev", config), "")
+    status, out, _ = run_ops(capsys, "config", "fill-stream", "--stage", "dev", "--config", config)
     assert status == 0 and out.startswith(f"stage dev: set APPROVALS_STREAM_ARN {stream} in ")
     assert load_stage("dev", config).setting("APPROVALS_STREAM_ARN") == stream
     # What chalice deploy then subscribes the function to: it imports app.py with the stage's
@@ -184,3 +190,35 @@ def test_ops_deploy_sets_the_failure_handling_once_chalice_has_deployed(empty_aw
         FunctionName=function)["EventSourceMappings"]
     assert mapping["BisectBatchOnFunctionError"] is True
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_replay_of_an_empty_queue_says_nothing_to_do_in_its_own_words(empty_aws, capsys,
+                                                                      tmp_path):
+    """Exit 3 (nothing to do), one line of its own, none of the gateway's JSON lines."""
+    config = bootstrapped(tmp_path, stage_settings=VPC)
+    status, out, err = run_ops(capsys, "events", "replay-dlq", "--stage", "dev",
+                               "--config", config)
+    assert (status, out, err) == (3, "jinrun-approval-events-dev-dlq is empty: nothing to "
+                                     "replay\n", "")
+
+
+def test_the_gateways_json_lines_stay_out_of_a_commands_output(capsys, logs):
+    """What the chalicelib code a command runs logs or measures is for CloudWatch."""
+    from chalicelib.runtime import metrics
+    from chalicelib.runtime.logs import logger
+    from ops.common import run
+
+    def action():
+        logger.warning("approval event not published", extra={"code": "X"})
+        metrics.emit([metrics.Metric("EventsPublished", metrics.MetricUnit.Count, 1)])
+        print("1 message(s) replayed")
+        return 0
+
+    capsys.readouterr()
+    assert run(action) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("1 message(s) replayed\n", "")  # no EMF metric line
+    assert logs() == []  # no log line
+    # and only while the command runs
+    logger.warning("after")
+    assert [line["message"] for line in logs()] == ["after"]

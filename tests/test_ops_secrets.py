@@ -283,7 +283,7 @@ def test_token_key_rotation_never_refuses_a_valid_token_early(gateway, capsys, c
     # Too early for step 2: nothing changes.
     status, out, _ = run_ops(capsys, "secrets", "rotate-token-key", "--stage", "dev",
                              "--config", stage_config(tmp_path))
-    assert status == 0 and out.startswith("step 1 of 3 done: the new key verifies; wait ")
+    assert status == 4 and out.startswith("step 1 of 3 done: the new key verifies; wait ")
     assert token_keys()[0] == [old_key, new_key]
 
     secrets = aws.client("secretsmanager")
@@ -325,3 +325,11 @@ def test_a_missing_secret_is_one_line(moto_server, monkeypatch, capsys, tmp_path
     status, _, err = run_ops(capsys, "secrets", *command, "--stage", "dev",
                              "--config", stage_config(tmp_path))
     assert status == 1 and err.count("\n") == 1 and "does not exist" in err
+
+
+def test_list_inbound_prints_the_appkeys_oldest_first_and_no_secret(aws_env, capsys, tmp_path):
+    status, out, err = run_ops(capsys, "secrets", "list-inbound", "--stage", "dev",
+                               "--config", stage_config(tmp_path))
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [INBOUND["appKey"], INBOUND_ROTATED["appKey"]]
+    assert INBOUND["appSecret"] not in out

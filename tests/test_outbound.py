@@ -464,6 +464,7 @@ def test_each_use_case_makes_the_fewest_aws_calls(store, zeyi, client_for, aws_c
     assert aws_calls == []
 
 
+@pytest.mark.process
 def test_importing_the_use_cases_does_not_import_requests():
     code = ("import sys, chalicelib.approvals.outbound; "
             "assert 'requests' not in sys.modules, 'requests was imported'")

@@ -83,7 +83,8 @@ def test_every_bad_field_is_named_in_one_message():
         "auditFormList[0].type must be text or file",
         "auditFormList[1] must be an object",
         "auditFormList[2].key must not be empty",
-        "auditFormList[2].value must be an http or https URL for a file",
+        "auditFormList[2].value must be a fileId from POST /files, s3://<bucket>/<key>"
+        " or an https URL for a file",
         "conditionParamList[0].value is required",
     ]:
         assert expected in message
@@ -255,13 +256,17 @@ def test_unknown_fields_are_named_exactly():
         "extra is not a field of a cancel request"]
 
 
+NOT_A_FILE_VALUE = ("auditFormList[0].value must be a fileId from POST /files,"
+                    " s3://<bucket>/<key> or an https URL for a file")
+
+
 @pytest.mark.parametrize(("value", "problem"), [
     ("", "auditFormList[0].value must not be empty"),
     (" ", "auditFormList[0].value must not be empty"),
-    ("https://h/a\x7fb", "auditFormList[0].value must be an http or https URL for a file"),
-    ("https://h/a\u200bb", "auditFormList[0].value must be an http or https URL for a file"),
-    ("https://h/a\x1fb", "auditFormList[0].value must be an http or https URL for a file"),
-    ("https://h/a\x01b", "auditFormList[0].value must be an http or https URL for a file"),
+    ("https://h/a\x7fb", NOT_A_FILE_VALUE),
+    ("https://h/a\u200bb", NOT_A_FILE_VALUE),
+    ("https://h/a\x1fb", NOT_A_FILE_VALUE),
+    ("https://h/a\x01b", NOT_A_FILE_VALUE),
 ])
 def test_a_file_value_must_be_a_printable_url(value, problem):
     assert problem_list(validate_send, send_body(

@@ -20,6 +20,7 @@ from chalicelib.errors import (
 )
 from chalicelib.protocol import signing
 from chalicelib.protocol.aes import AesCodec
+from tests.conftest import examples
 
 VECTORS = json.loads((pathlib.Path(__file__).resolve().parent / "data" / "zeyi_sdk_vectors.json")
                      .read_text(encoding="utf-8"))
@@ -95,7 +96,7 @@ def test_timestamps_that_are_not_13_digits_are_rejected(timestamp):
 
 
 @given(body=st.binary(max_size=512), position=st.integers(min_value=0), flip=st.integers(1, 255))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_any_change_to_any_signed_byte_fails(body, position, flip):
     fields = ["0867ef5f23ef446483749e19e1692b40", "1764057600000", "q7w8e9"]
     secret = "ea29cb560a574c488700634b3318d204"
@@ -118,14 +119,14 @@ def test_any_change_to_any_signed_byte_fails(body, position, flip):
 
 
 @given(plaintext=st.text(max_size=300))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_aes_round_trip(plaintext):
     codec = AesCodec(KEY, IV)
     assert codec.decrypt(codec.encrypt(plaintext)) == plaintext
 
 
 @given(data=st.text(max_size=200), nonce=st.from_regex(r"[A-Za-z0-9]{6}", fullmatch=True))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_seal_open_round_trip_and_prefix_check(data, nonce):
     codec = AesCodec(KEY, IV)
     sealed = codec.seal("app", "1764057600000", nonce, data)

@@ -360,6 +360,18 @@ def test_a_decision_calls_the_gateway_back_like_zeyi(make_simulator, gateway):
         "remark": "同意 <ok> & 'fine' = yes"}
 
 
+def test_legacy_sign_leaves_the_body_out_like_zeyi_sdk_1_0_0(make_simulator, gateway):
+    simulator = make_simulator(gateway_url=gateway.url, legacy_sign=True)
+    call(simulator.url, SEND, send_body())
+    control(simulator, "POST", "approvals/HT-1/agree")
+    assert control(simulator, "GET", "approvals/HT-1?waitSeconds=10").json()["settled"] is True
+    token_request, callback = gateway.received
+    for request in (token_request, callback):
+        headers = request["headers"]
+        assert request["raw"]  # there was a body, and the sign does not cover it
+        assert headers["sign"] == md5_sign(IN, headers["timestamp"], headers["nonce"], b"")
+
+
 def test_refuse_terminate_and_cancel_callbacks(make_simulator, gateway):
     simulator = make_simulator(gateway_url=gateway.url)
     for code in ("C-R", "C-T", "C-C"):
@@ -569,6 +581,7 @@ def test_protocol_module_matches_the_sdk_vectors():
     assert zeyi_protocol.gson_dumps(json.loads(gson)) == gson
 
 
+@pytest.mark.process
 def test_simulator_is_independent_of_the_gateway_code():
     code = ("import sys, sandbox.zeyi, sandbox.zeyi.cli, sandbox.zeyi.server;"
             "sys.exit(1 if any(m.split('.')[0] == 'chalicelib' for m in sys.modules) else 0)")
@@ -779,6 +792,23 @@ def test_the_inbox_page_is_served_at_the_root(make_simulator):
     assert "<script>" in page and "/_control/approvals?history=1" in page
     assert "/_inbox/gateway/" in page
     assert "innerHTML" not in page  # every value is set as text
+
+
+def test_the_inbox_explains_every_gateway_status_and_callback_disposition_in_words():
+    """The page's wording table (one line per name) keeps up with the gateway's states."""
+    import re
+
+    from chalicelib.approvals import states
+    from sandbox.zeyi.inbox import PAGE_PATH
+
+    page = PAGE_PATH.read_text(encoding="utf-8")
+    table = json.loads(re.search(r'<script type="application/json" id="wording">(.*?)</script>',
+                                 page, re.S).group(1))
+    assert set(table["statuses"]) == set(states.STATUSES)
+    assert set(table["dispositions"]) == {states.APPLIED, states.DUPLICATE, states.IGNORED,
+                                          states.LATE, states.UNKNOWN_INSTANCE}
+    for words in [*table["statuses"].values(), *table["dispositions"].values()]:
+        assert len(words.split()) >= 3  # words, not a restated name
 
 
 def test_the_inbox_reads_the_gateways_view_through_the_simulator(make_simulator, gateway):

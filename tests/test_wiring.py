@@ -4,9 +4,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from chalicelib.runtime import aws
 
 
+@pytest.mark.process
 def test_importing_the_app_leaves_route_specific_libraries_unloaded():
     # requests (~90 ms) and pycryptodome (~50 ms) serve only the outbound routes and encryption;
     # boto3 (~190 ms) loads with the first client, not at import; the stuck-approvals search

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests import peer
-from tests.conftest import INBOUND, INBOUND_ROTATED
+from tests.conftest import INBOUND, INBOUND_ROTATED, examples
 from tests.test_callback_route import CALLBACK, stored_items, token_for
 
 ENVELOPE_KEYS = {"success", "businessException", "errorCode", "message", "result"}
@@ -110,7 +110,7 @@ def tokens(gateway):
             for credential in (INBOUND, INBOUND_ROTATED)}
 
 
-FUZZ = settings(max_examples=60, deadline=None,
+FUZZ = settings(max_examples=examples(60), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -37,7 +37,7 @@ _NOT_CANCELLABLE_REASONS = {
 
 
 def send_approval(payload: object, *, store, zeyi, lease_seconds: int,
-                  correlation_id: str | None = None) -> dict:
+                  correlation_id: str | None = None, files=None) -> dict:
     """Start an approval at Zeyi for an internal app; returns the envelope with
     ``{code, status, attemptId}`` when Zeyi accepted it (Zeyi's own answer is kept in the
     history).
@@ -48,14 +48,17 @@ def send_approval(payload: object, *, store, zeyi, lease_seconds: int,
     sent again at once), UpstreamOutcomeUnknownError (or UpstreamSystemError, Zeyi's own fault)
     when the request may have created the approval (the attempt stays SUBMITTING until a
     callback or the end of its lease). ``correlation_id`` is kept on the attempt and the HEAD.
+    ``files`` (chalicelib.approvals.files.FileLinks) checks the file fields before anything is
+    stored and links them in what Zeyi receives; the attempt keeps the app's own body.
     """
     body = payloads.validate_send(payload)
+    linked = files.prepare(body) if files is not None else None
     code = body["code"]
     logger.append_keys(code=code)
     attempt_id = store.claim(code, body, lease_seconds, correlation_id=correlation_id)
     where = {"code": code, "attemptId": attempt_id}
     try:
-        answer = zeyi.send(body)
+        answer = zeyi.send(linked.body_for(code, attempt_id) if linked else body)
     except UpstreamOutcomeUnknownError as exc:
         logger.warning("send outcome unknown", extra={**where, "reason": exc.message})
         _keep(store.note_outcome, code, attempt_id, _outcome("unknown", exc))

@@ -23,6 +23,7 @@ import re
 from urllib.parse import urlsplit
 
 from chalicelib.errors import BodyTooLargeError, ValidationError
+from chalicelib.protocol import file_links
 from chalicelib.protocol.json_body import field_label
 
 CODE_MAX_CHARS = 64
@@ -205,10 +206,26 @@ def _form_item(item: object, where: str, problems: list[str]) -> None:
     _text(item, "key", f"{where}.", problems)
     value = _text(item, "value", f"{where}.", problems, allow_empty=kind != "file",
                   max_chars=VALUE_MAX_CHARS)
-    if kind == "file" and value is not None and not _is_http_url(value):
-        problems.append(f"{where}.value must be an http or https URL for a file")
+    if kind == "file" and value is not None:
+        _file_value(value, f"{where}.value", problems)
     _text(item, "extendValue", f"{where}.", problems, required=False, allow_empty=True,
           max_chars=VALUE_MAX_CHARS)
+
+
+def _file_value(value: str, label: str, problems: list[str]) -> None:
+    """A file's value: a fileId, s3://bucket/key or an http(s) URL (chalicelib.protocol.file_links;
+    whether the object exists and the URL lasts is checked by chalicelib.approvals.files)."""
+    if file_links.is_file_id(value):
+        return
+    try:
+        if file_links.parse_s3_url(value) is not None:
+            return
+    except ValueError as exc:
+        problems.append(f"{label} {exc}")
+        return
+    if not _is_http_url(value):
+        problems.append(f"{label} must be a fileId from POST /files, s3://<bucket>/<key> or an"
+                        " https URL for a file")
 
 
 def _is_http_url(value: str) -> bool:

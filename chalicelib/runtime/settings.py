@@ -40,6 +40,28 @@ APPROVALS_STREAM_ARN = "APPROVALS_STREAM_ARN"
 # does not name it yet (the local stage, the tests; a deployed stage before its first bootstrap)
 # gets this stand-in: `python -m ops config check` refuses to deploy with it, and the
 # CloudFormation template names the real stream itself.
+# File fields (chalicelib.approvals.files, docs/api.md "File fields"): the stage's attachments
+# bucket, other buckets an app may name as s3://, the public base URL links are built on, and the
+# limits and lifetimes of uploads, links and the URLs an app passes through.
+ATTACHMENTS_BUCKET = "ATTACHMENTS_BUCKET"
+FILES_READ_BUCKETS = "FILES_READ_BUCKETS"
+PUBLIC_BASE_URL = "PUBLIC_BASE_URL"
+FILES_MAX_BYTES = "FILES_MAX_BYTES"
+FILES_ALLOWED_TYPES = "FILES_ALLOWED_TYPES"
+FILES_UPLOAD_SECONDS = "FILES_UPLOAD_SECONDS"
+FILES_DOWNLOAD_SECONDS = "FILES_DOWNLOAD_SECONDS"
+FILES_GRACE_SECONDS = "FILES_GRACE_SECONDS"
+FILES_URL_HORIZON_SECONDS = "FILES_URL_HORIZON_SECONDS"
+FILES_ALLOW_HTTP = "FILES_ALLOW_HTTP"
+# Documents and images an approver's phone or desktop can open.
+DEFAULT_FILE_TYPES = (
+    "application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "text/plain",
+    "text/csv", "application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/zip",
+)
 STREAM_ARN_UNSET = "arn:aws:dynamodb:us-east-1:000000000000:table/unset/stream/unset"
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -70,6 +92,16 @@ class Settings:
     aws_connect_timeout_seconds: float
     aws_read_timeout_seconds: float
     event_bus_name: str = "approval-events"
+    attachments_bucket: str = "jinrun-attachments"
+    files_read_buckets: tuple[str, ...] = ()
+    public_base_url: str = ""
+    files_max_bytes: int = 25 * 1024 * 1024
+    files_allowed_types: tuple[str, ...] = DEFAULT_FILE_TYPES
+    files_upload_seconds: int = 900
+    files_download_seconds: int = 300
+    files_grace_seconds: int = 30 * 24 * 3600
+    files_url_horizon_seconds: int = 7 * 24 * 3600
+    files_allow_http: bool = False
 
     @property
     def nonce_ttl_seconds(self) -> int:
@@ -111,7 +143,8 @@ def load_settings() -> Settings:
 
     Raises ConfigError naming the variable when a value cannot be used.
     """
-    ips = tuple(part.strip() for part in _text(ALLOWED_SOURCE_IPS, "").split(",") if part.strip())
+    ips = _list(ALLOWED_SOURCE_IPS)
+    stuck_pending_seconds = _number(STUCK_PENDING_SECONDS, 7 * 24 * 3600, int)
     return Settings(
         approvals_table=_text(APPROVALS_TABLE, "approvals"),
         nonces_table=_text(NONCES_TABLE, "nonces"),
@@ -131,12 +164,29 @@ def load_settings() -> Settings:
         submit_lease_seconds=_number(SUBMIT_LEASE_SECONDS, 120, int),
         cancel_lease_seconds=_number(CANCEL_LEASE_SECONDS, 600, int),
         # A PENDING approval older than this is reported stuck (chalicelib.approvals.stuck).
-        stuck_pending_seconds=_number(STUCK_PENDING_SECONDS, 7 * 24 * 3600, int),
+        stuck_pending_seconds=stuck_pending_seconds,
         allowed_source_ips=ips,
         aws_connect_timeout_seconds=_number(AWS_CONNECT_TIMEOUT_SECONDS, 1.0),
         aws_read_timeout_seconds=_number(AWS_READ_TIMEOUT_SECONDS, 3.0),
         event_bus_name=_text(EVENT_BUS_NAME, "approval-events"),
+        attachments_bucket=_text(ATTACHMENTS_BUCKET, "jinrun-attachments"),
+        files_read_buckets=_list(FILES_READ_BUCKETS),
+        public_base_url=_text(PUBLIC_BASE_URL, "").rstrip("/"),
+        files_max_bytes=_number(FILES_MAX_BYTES, 25 * 1024 * 1024, int),
+        files_allowed_types=tuple(t.lower() for t in _list(FILES_ALLOWED_TYPES))
+        or DEFAULT_FILE_TYPES,
+        files_upload_seconds=_number(FILES_UPLOAD_SECONDS, 900, int),
+        files_download_seconds=_number(FILES_DOWNLOAD_SECONDS, 300, int),
+        files_grace_seconds=_number(FILES_GRACE_SECONDS, 30 * 24 * 3600, int),
+        # A plain file URL must work at least this long after the send: by default until the
+        # approval would be reported stuck.
+        files_url_horizon_seconds=_number(FILES_URL_HORIZON_SECONDS, stuck_pending_seconds, int),
+        files_allow_http=_flag(FILES_ALLOW_HTTP, False),
     )
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in _text(name, "").split(",") if part.strip())
 
 
 def approvals_stream_arn() -> str:

@@ -163,7 +163,7 @@ class CallbackSender:
             wire = data.encode("utf-8")
             headers["Content-Type"] = "application/json;charset=utf-8"
         headers["sign"] = sign(credential.app_key, credential.app_secret, headers["timestamp"],
-                               headers["nonce"], wire)
+                               headers["nonce"], b"" if self.config.legacy_sign else wire)
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
         response = requests.post(self.config.gateway_url.rstrip("/") + path, data=wire,

@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encrypt-callbacks", action="store_true",
                         default=_flag(env("ZEYI_SIM_ENCRYPT_CALLBACKS", "")),
                         help="encrypt callback bodies (gateway CALLBACK_ENCRYPTED)")
+    parser.add_argument("--legacy-sign", action="store_true",
+                        default=_flag(env("ZEYI_SIM_LEGACY_SIGN", "")),
+                        help="sign token requests and callbacks without the body, as Zeyi SDK"
+                             " 1.0.0 does (the gateway needs the inbound credential's"
+                             " legacySign)")
     parser.add_argument("--ip-whitelist", default=env("ZEYI_SIM_IP_WHITELIST", ""),
                         help="comma-separated IPs or CIDRs allowed to call; empty allows all")
     parser.add_argument("--auto-decide", default=env("ZEYI_SIM_AUTO_DECIDE", "off"),
@@ -68,7 +73,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     return SimulatorConfig(
         outbound=outbound, inbound=inbound, host=args.host, port=args.port,
         gateway_url=args.gateway_url or None, encrypt_requests=args.encrypt_requests,
-        encrypt_callbacks=args.encrypt_callbacks, ip_whitelist=whitelist,
+        encrypt_callbacks=args.encrypt_callbacks, legacy_sign=args.legacy_sign,
+        ip_whitelist=whitelist,
         auto_decide=args.auto_decide, auto_decide_delay_seconds=args.auto_decide_delay,
         skew_seconds=args.skew_seconds, callback_max_tries=args.callback_max_tries,
         callback_first_backoff_seconds=args.callback_first_backoff,

@@ -41,6 +41,9 @@ class SimulatorConfig:
     callback_concurrency: int = 16
     cancel_callback_delay_seconds: float = 0.5
     """Zeyi hears of a revoked instance from DingTalk a moment after it accepted the cancel."""
+    legacy_sign: bool = False
+    """Sign token requests and callbacks as Zeyi SDK 1.0.0 does, without the body; the gateway
+    takes that only from an inbound credential marked ``legacySign``."""
     token_body: str = "{}"
     echo: bool = False
     """Print one readable line per send, cancel, decision and callback try (the command line

@@ -1,6 +1,7 @@
 """The sandbox's three real processes (moto server, Zeyi simulator, the gateway) on free
-loopback ports, started with the same ``SandboxStack`` that ``make run`` uses, once per session;
-and a headless Chromium for the inbox page, when the machine has one.
+loopback ports, started with the same ``SandboxStack`` that ``make run`` uses, once per session
+(under ``make test``'s pytest-xdist, once per worker that runs one of these tests: each its own
+ports and log folder); and a headless Chromium for the inbox page, when the machine has one.
 
 Every test here is marked ``e2e``; each uses its own codes, so tests share the stack safely.
 """
@@ -17,6 +18,11 @@ from tests.e2e.client import Sandbox
 # Zeyi keeps retrying a callback long enough to outlast a gateway restart (~2 s) in the tests.
 SIMULATOR_ARGS = ["--callback-max-tries", "40", "--callback-first-backoff", "0.1",
                   "--callback-max-backoff", "0.5", "--cancel-callback-delay", "0.5"]
+# moto server applies one request at a time; with the burst test's 200 approvals in flight, and
+# make test's other worker busy on the same two cores, a request can wait in its queue longer
+# than the 3 s read timeout the gateway keeps for DynamoDB's own millisecond answers. The tests
+# are about what the gateway does with its answers, not about how fast the emulator gives them.
+GATEWAY_ENV = {"AWS_READ_TIMEOUT_SECONDS": "15"}
 HERE = Path(__file__).resolve().parent
 ARTIFACTS_DIR = PROJECT_DIR / "build" / "test-artifacts"
 """Screenshots a reviewer can look at (git-ignored, like all of build/)."""
@@ -39,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
 def stack(tmp_path_factory):
     sandbox = SandboxStack(gateway_port=free_port(), zeyi_port=free_port(), aws_port=free_port(),
                            log_dir=tmp_path_factory.mktemp("sandbox-logs"),
-                           simulator_args=SIMULATOR_ARGS)
+                           simulator_args=SIMULATOR_ARGS, gateway_env=GATEWAY_ENV)
     sandbox.start()
     yield sandbox
     sandbox.stop()

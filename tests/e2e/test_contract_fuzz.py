@@ -27,6 +27,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from tests.conftest import examples
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")
 INBOUND = json.loads((ROOT / "sandbox" / "credentials.json").read_text(encoding="utf-8"))["inbound"]
@@ -43,7 +45,7 @@ OPERATIONS = [(path, method.upper(), mode) for path, item in SCHEMA.raw_schema["
 POST_THROUGH = {("POST", "/auth/token"), ("POST", "/dingtalkAudit/callback"),
                 ("POST", "/audit/send")}
 REQUEST_TIMEOUT_SECONDS = 20
-FUZZ = settings(max_examples=30, deadline=None, database=None, derandomize=True,
+FUZZ = settings(max_examples=examples(30), deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 
 

@@ -4,6 +4,8 @@ own record turning AGREED. Without Chromium the module skips itself, in one line
 enable it."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.e2e.client import Sandbox
@@ -78,9 +80,19 @@ def test_an_approver_agrees_in_the_inbox_and_sees_the_gateway_turn_agreed(
     assert card_of(browser, code).find_element(
         By.CSS_SELECTOR, "input.remark").get_attribute("value") == "同意，按合同付款"
 
+    assert "Zeyi's answer to a send names no instance" in text_in(browser, code, ".instance")
+    # The reader opens the raw record; it stays open while the view redraws.
+    card_of(browser, code).find_element(By.CSS_SELECTOR, ".gateway details.raw summary").click()
+
     card_of(browser, code).find_element(By.CSS_SELECTOR, 'button[data-action="agree"]').click()
     wait(browser, lambda: text_in(browser, code, ".gateway-status") == "AGREED",
          "the gateway's status AGREED on the page")
+    # The answer to the click is still there, now that the card has moved to "decided".
+    assert text_in(browser, code, ".card-feedback") == "agree: done, callback queued"
+    wait(browser, lambda: text_in(browser, code, ".gateway .disposition")
+         == "applied: it moved this approval to AGREED", "the callback's disposition in words")
+    assert text_in(browser, code, ".instance") == f"instance {sandbox.get(code)['businessId']}"
+    assert json.loads(text_in(browser, code, ".gateway details.raw .json"))["status"] == "AGREED"
     assert sandbox.status(code) == "AGREED"  # the page shows what the gateway holds
     assert text_in(browser, code, ".zeyi-status") == "AGREED"
     assert wait(browser, lambda: text_in(browser, code, ".delivery .delivery-status")
@@ -118,3 +130,74 @@ def test_an_ended_approval_can_be_revoked_from_the_inbox(sandbox: Sandbox, stack
     zeyi = sandbox.zeyi_approval(code)
     assert [c["type"] for c in zeyi["callbacks"]] == ["finish", "terminate"]
     assert zeyi["callbacks"][1]["body"]["businessId"] == zeyi["businessId"]
+
+    # The gateway's view, as a person reads it: what each callback did, in words, numbered
+    # within this approval (the simulator has delivered many other callbacks by now).
+    wait(browser, lambda: len(card_of(browser, code).find_elements(
+        By.CSS_SELECTOR, ".gateway .disposition")) == 2, "both callbacks in the gateway's view")
+    assert [e.text for e in card_of(browser, code).find_elements(
+        By.CSS_SELECTOR, ".gateway .disposition")] == [
+        "applied: it moved this approval to REFUSED",
+        "ignored: this approval had already been decided (recorded only)"]
+    assert [e.text.split(" · ")[0] for e in card_of(browser, code).find_elements(
+        By.CSS_SELECTOR, ".delivery strong")] == ["callback 1", "callback 2"]
+    assert text_in(browser, code, ".status-words") == "refused; the code may be sent again"
+    assert text_in(browser, code, ".attempt") == "attempt 1 of 1"
+
+    # A decided card fits on one screen, and the raw record is one click away.
+    browser.execute_script("window.scrollTo(0, arguments[0].offsetTop - 70);",
+                           card_of(browser, code))
+    screen = browser.execute_script("return window.innerHeight")
+    height = card_of(browser, code).rect["height"]
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS_DIR / "inbox-decided.png"))
+    assert height <= screen * 0.6, (height, screen)
+    raw = card_of(browser, code).find_element(By.CSS_SELECTOR, ".gateway details.raw")
+    assert not raw.find_element(By.CSS_SELECTOR, ".json").is_displayed()
+    raw.find_element(By.TAG_NAME, "summary").click()
+    record = json.loads(raw.find_element(By.CSS_SELECTOR, ".json").text)
+    assert record == sandbox.get(code)
+
+    # Sent again: the view is of the new attempt, and the old callbacks say whose they were.
+    assert sandbox.send(code, contract(code)).status_code == 200
+    wait(browser, lambda: text_in(browser, code, ".gateway .attempt").startswith("attempt 2 of 2"),
+         "the second attempt")
+    assert text_in(browser, code, ".gateway-status") == "PENDING"
+    assert all(item.text.split("\n")[0].endswith("(attempt 1)") for item in card_of(
+        browser, code).find_elements(By.CSS_SELECTOR, ".gateway-callbacks li"))
+    sandbox.decide(code, "refuse")
+
+
+@pytest.mark.timeout(120)
+def test_the_empty_page_hint_comes_back_once_nothing_is_pending(browser):
+    """A simulator of its own (no gateway), so no other test's approval is on the page."""
+    import requests
+    from selenium.webdriver.common.by import By
+
+    from sandbox.zeyi import SimulatorConfig, ZeyiSimulator, load_credentials
+    from sandbox.zeyi_protocol import signed_headers
+
+    outbound, inbound = load_credentials()
+    simulator = ZeyiSimulator(SimulatorConfig(outbound=outbound, inbound=inbound, port=0)).start()
+    try:
+        browser.get(f"{simulator.url}/")
+        hint = "No pending approval: send one through the gateway (POST /audit/send)."
+
+        def pending_text():
+            return browser.find_element(By.ID, "pending").text.replace("\n", " ")
+
+        wait(browser, lambda: "live" in browser.find_element(By.ID, "conn").text, "the first poll")
+        assert " ".join(pending_text().split()) == hint
+        body = json.dumps(contract("EMPTY-1"), ensure_ascii=False).encode()
+        answer = requests.post(f"{simulator.url}/tms-service-api/audit/send", data=body,
+                               headers={**signed_headers(outbound, body),
+                                        "Content-Type": "application/json"}, timeout=30).json()
+        assert answer["success"], answer
+        wait(browser, lambda: card_of(browser, "EMPTY-1"), "the card")
+        assert "send one through the gateway" not in pending_text()
+        card_of(browser, "EMPTY-1").find_element(
+            By.CSS_SELECTOR, 'button[data-action="refuse"]').click()
+        wait(browser, lambda: " ".join(pending_text().split()) == hint, "the hint again")
+        assert text_in(browser, "EMPTY-1", ".card-feedback") == "refuse: done, callback queued"
+    finally:
+        simulator.stop(timeout_seconds=2.0)

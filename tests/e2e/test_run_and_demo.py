@@ -300,12 +300,45 @@ def test_make_demo_runs_every_flow(stack):
     assert "Every step did what it should" in result.stdout
     for status in ("AGREED", "REFUSED", "CANCELLING", "TERMINATED", "APPROVAL_ACTIVE"):
         assert status in result.stdout
+    # The idempotent retry: the first answer again, one send at Zeyi, another body refused.
+    for line in ("✓ the retry got the first answer again: same status, same body",
+                 "✓ Zeyi received the send once", "✓ 422 IDEMPOTENCY_KEY_REUSED"):
+        assert line in result.stdout
     # The events the sandbox's internal app received, for each flow.
     for events in ("Submitted, Pending, Agreed", "Submitted, Pending, Refused",
                    "Submitted, Pending, Cancelling, Terminated", "Submitted, Pending"):
         assert f"✓ events: {events}\n" in result.stdout
     assert re.search(r"#3 Approval Agreed +PENDING → AGREED  eventId [0-9a-f]{8}…  王经理: demo: agree",
                      result.stdout)
+    assert "✓ the exact bytes, under the Chinese name\n" in result.stdout
+    # What a person needs: one line per call, short codes, and the cancel's lines in the order
+    # things happened; the raw envelopes only when asked for.
+    assert '"businessException"' not in result.stdout
+    for clumsy in ("try(ies)", "attempt(s)", "callback(s)", "terminate/-"):
+        assert clumsy not in result.stdout
+    codes = set(re.findall(r"DEMO-[^ ,:]+", result.stdout))
+    assert len(codes) == 6 and max(map(len, codes)) <= 15, codes
+    lines = result.stdout.splitlines()
+    cancel = next(code for code in codes if code.endswith("-C"))
+
+    def first(*words: str) -> int:
+        return next(i for i, line in enumerate(lines) if all(word in line for word in words))
+
+    assert (first(f"POST /audit/cancel {cancel}", "→ 200 CANCELLING")
+            < first("✓ Zeyi accepted the cancel")
+            < first("Zeyi calls back: terminate", "→ delivered after 1 try;", "TERMINATED applied")
+            < first(f"GET /audit/{cancel}", "→ 200 TERMINATED")
+            < first("✓ TERMINATED after the terminate callback"))
+
+    raw = subprocess.run(
+        [sys.executable, "-m", "sandbox.demo", "--raw"], cwd=PROJECT_DIR, capture_output=True,
+        text=True, timeout=180,
+        env=_env({"SANDBOX_GATEWAY_PORT": stack.gateway_port,
+                  "SANDBOX_ZEYI_PORT": stack.zeyi_port, "SANDBOX_AWS_PORT": stack.aws_port}))
+    assert raw.returncode == 0, raw.stdout + raw.stderr
+    lines = raw.stdout.splitlines()
+    sent = next(i for i, line in enumerate(lines) if "POST /audit/send" in line)
+    assert json.loads(lines[sent + 1])["result"]["status"] == "PENDING"  # the envelope, verbatim
 
 
 @pytest.mark.timeout(120)
@@ -333,3 +366,47 @@ def test_the_local_gateway_takes_a_burst_of_simultaneous_connections(stack):
     with ThreadPoolExecutor(max_workers=clients) as pool:
         status_lines = list(pool.map(client, range(clients)))
     assert status_lines == ["HTTP/1.1 405 Method Not Allowed"] * clients, sorted(set(status_lines))
+
+
+def _switched_stack(tmp_path, **switches: str):
+    """The stack make run starts with these SANDBOX_* switches, its output in files."""
+    from sandbox.run import build_stack
+    from tests.e2e.client import Sandbox
+
+    stack = build_stack(_env(_sandbox_ports(), **switches))
+    stack.log_dir = tmp_path
+    stack.start()
+    return stack, Sandbox(stack.gateway_url, stack.zeyi_url)
+
+
+@pytest.mark.timeout(180)
+def test_make_run_can_take_zeyis_header_only_sign_and_an_allowlist_it_is_on(tmp_path):
+    stack, sandbox = _switched_stack(tmp_path, SANDBOX_LEGACY_SIGN="true",
+                                     SANDBOX_ALLOWED_SOURCE_IPS="127.0.0.1")
+    try:
+        code = sandbox.new_code("LEGACY")
+        assert sandbox.send(code).status_code == 200
+        sandbox.decide(code, "agree")
+        assert sandbox.wait_status(code, "AGREED")["status"] == "AGREED"
+        assert [c["status"] for c in sandbox.zeyi_approval(code, 10)["callbacks"]] == [
+            "delivered"]
+    finally:
+        stack.stop()
+
+
+@pytest.mark.timeout(180)
+def test_make_runs_allowlist_turns_zeyi_away_when_it_is_not_on_it(tmp_path):
+    stack, sandbox = _switched_stack(tmp_path, SANDBOX_ALLOWED_SOURCE_IPS="203.0.113.7")
+    try:
+        code = sandbox.new_code("ALLOW")
+        assert sandbox.send(code).status_code == 200  # the allowlist guards Zeyi's routes only
+        sandbox.decide(code, "agree")
+        deadline = time.monotonic() + 30
+        tries = []
+        while not tries and time.monotonic() < deadline:
+            tries = sandbox.zeyi_approval(code)["callbacks"][0]["tries"]
+            time.sleep(0.2)
+        assert "IP_NOT_ALLOWED" in tries[0]["error"]  # the token request was refused
+        assert sandbox.status(code) == "PENDING"
+    finally:
+        stack.stop()

@@ -11,10 +11,14 @@ from chalicelib.approvals.store.base import (
 )
 from chalicelib.approvals.store.callbacks import CallbackStore
 from chalicelib.approvals.store.claims import ClaimStore
+from chalicelib.approvals.store.files import FileStore
+from chalicelib.approvals.store.idempotency import IdempotencyStore
 from chalicelib.approvals.store.reads import ReadStore
+from chalicelib.approvals.store.task_tokens import TaskTokenStore
 
 __all__ = ["CallbackOutcome", "CallbackRecord", "DynamoDBApprovalStore", "new_attempt_id"]
 
 
-class DynamoDBApprovalStore(ClaimStore, CallbackStore, ReadStore, StoreBase):
+class DynamoDBApprovalStore(ClaimStore, CallbackStore, ReadStore, FileStore, IdempotencyStore,
+                            TaskTokenStore, StoreBase):
     """The approvals table and the nonces table, as the use cases need them."""

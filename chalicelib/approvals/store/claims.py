@@ -29,14 +29,26 @@ from chalicelib.errors import (
 from chalicelib.runtime.logs import logger
 
 
+class ClaimItemRefused(Exception):
+    """An item the caller added to a claim (``extra_items``) failed its condition, so nothing
+    was claimed; ``old_items`` are those items as they were (DynamoDB's typed JSON)."""
+
+    def __init__(self, old_items: list[dict]):
+        super().__init__("an item written with the claim failed its condition")
+        self.old_items = old_items
+
+
 class ClaimStore(StoreBase):
     def claim(self, code: str, request: dict, lease_seconds: int, *,
-              correlation_id: str | None = None) -> str:
+              correlation_id: str | None = None, extra_items=None) -> str:
         """Make a new SUBMITTING attempt the code's current one and return its id;
         ``correlation_id`` (the sending request's) goes on the attempt and the HEAD.
+        ``extra_items(attempt_id)``, when given, returns more TransactWriteItems items that
+        belong with the claim (an idempotency key, a task token): written in the same
+        transaction, so neither exists without the other.
 
         Raises ApprovalActiveError when the code has an active approval (a leased one only
-        while its lease runs).
+        while its lease runs), ClaimItemRefused when an extra item failed its condition.
         """
         head = self.get_head(code)
         for _ in range(_TRIES):
@@ -44,16 +56,22 @@ class ClaimStore(StoreBase):
             if head is not None:
                 _raise_if_blocked(code, head, now)
             attempt_id = new_attempt_id(now)
+            items = self._claim_items(code, head, request, attempt_id, lease_seconds, now,
+                                      correlation_id)
+            extras = list(extra_items(attempt_id)) if extra_items else []
             try:
-                self._transact(self._claim_items(code, head, request, attempt_id,
-                                                 lease_seconds, now, correlation_id))
+                self._transact(items + extras)
                 return attempt_id
-            except _Cancelled:
+            except _Cancelled as cancelled:
                 # Someone changed the code since we read it, or this was botocore's retry of
                 # our own claim after its answer was lost: read again, once, for both questions.
                 head = self.get_head(code)
                 if (head or {}).get("attemptId") == attempt_id:
                     return attempt_id
+                refused = [cancelled.old_item(len(items) + i) or {} for i in range(len(extras))
+                           if cancelled.failed(len(items) + i)]
+                if refused:
+                    raise ClaimItemRefused(refused) from None
         if head is not None:
             _raise_if_blocked(code, head, self._now_ms())
         raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
