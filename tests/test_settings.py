@@ -14,15 +14,23 @@ from chalicelib.runtime.settings import load_settings
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = [value for name, value in vars(settings).items()
          if name.isupper() and isinstance(value, str) and value == name]
-FLAGS = {"ZEYI_ENCRYPT": False, "CALLBACK_ENCRYPTED": False, "CALLBACK_REQUIRE_TOKEN": True}
+FLAGS = {"ZEYI_ENCRYPT": False, "CALLBACK_ENCRYPTED": False, "CALLBACK_REQUIRE_TOKEN": True,
+         "FILES_ALLOW_HTTP": False}
 INTEGERS = ["TOKEN_TTL_SECONDS", "TIMESTAMP_SKEW_SECONDS", "SECRETS_CACHE_SECONDS",
-            "SUBMIT_LEASE_SECONDS", "CANCEL_LEASE_SECONDS", "STUCK_PENDING_SECONDS"]
+            "SUBMIT_LEASE_SECONDS", "CANCEL_LEASE_SECONDS", "STUCK_PENDING_SECONDS",
+            "FILES_MAX_BYTES", "FILES_UPLOAD_SECONDS", "FILES_DOWNLOAD_SECONDS",
+            "FILES_GRACE_SECONDS", "FILES_URL_HORIZON_SECONDS"]
+# Documented as another setting's value, not a number.
+DEFAULTS_BY_NAME = {"FILES_URL_HORIZON_SECONDS": "STUCK_PENDING_SECONDS"}
+# Read by the bootstrap (ops.files_bucket), not by the gateway.
+BOOTSTRAP_ONLY = {"FILES_RETENTION_DAYS"}
 FLOATS = ["ZEYI_CONNECT_TIMEOUT_SECONDS", "ZEYI_READ_TIMEOUT_SECONDS", "ZEYI_DEADLINE_SECONDS",
           "AWS_CONNECT_TIMEOUT_SECONDS", "AWS_READ_TIMEOUT_SECONDS"]
 TEXTS = {"APPROVALS_TABLE": "approvals", "NONCES_TABLE": "nonces",
          "OUTBOUND_SECRET_ID": "jinrun/zeyi/outbound", "INBOUND_SECRET_ID": "jinrun/zeyi/inbound",
          "TOKEN_SECRET_ID": "jinrun/zeyi/token-key", "ZEYI_BASE_URL": "https://test.shjiuze.cn",
-         "EVENT_BUS_NAME": "approval-events"}
+         "EVENT_BUS_NAME": "approval-events", "ATTACHMENTS_BUCKET": "jinrun-attachments",
+         "PUBLIC_BASE_URL": ""}
 
 
 @pytest.fixture(autouse=True)
@@ -40,14 +48,18 @@ def _documented_defaults() -> dict[str, str]:
 
 def test_the_settings_module_names_every_variable_the_tests_cover():
     assert set(NAMES) == {*FLAGS, *INTEGERS, *FLOATS, *TEXTS, "ALLOWED_SOURCE_IPS",
-                          "APPROVALS_STREAM_ARN"}
+                          "APPROVALS_STREAM_ARN", "FILES_READ_BUCKETS", "FILES_ALLOWED_TYPES"}
 
 
 def test_every_documented_default_is_the_one_read():
     documented = _documented_defaults()
-    assert set(documented) == {*FLAGS, *INTEGERS, *FLOATS}
+    assert set(documented) == {*FLAGS, *INTEGERS, *FLOATS, *BOOTSTRAP_ONLY} - set(DEFAULTS_BY_NAME)
     loaded = load_settings()
+    for name, other in DEFAULTS_BY_NAME.items():
+        assert getattr(loaded, name.lower()) == getattr(loaded, other.lower()), name
     for name, default in documented.items():
+        if name in BOOTSTRAP_ONLY:
+            continue
         value = getattr(loaded, name.lower())
         expected = {"true": True, "false": False}.get(default, default)
         assert value == (expected if isinstance(expected, bool) else float(expected)), name
