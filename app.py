@@ -12,7 +12,7 @@ import time
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib.approvals import events, inbound, states
+from chalicelib.approvals import inbound, states, stream_mapping
 from chalicelib.approvals.store import DynamoDBApprovalStore
 from chalicelib.errors import (
     BodyInvalidError,
@@ -465,11 +465,15 @@ def find_stuck_approvals(event):
 
 # -- approval events: the approvals table's stream → EventBridge (chalicelib.approvals.events) --
 
-@app.on_dynamodb_record(stream_arn=approvals_stream_arn(), batch_size=events.STREAM_BATCH_SIZE,
-                        starting_position=events.STREAM_STARTING_POSITION,
-                        name=events.FUNCTION_NAME)
+@app.on_dynamodb_record(stream_arn=approvals_stream_arn(),
+                        batch_size=stream_mapping.STREAM_BATCH_SIZE,
+                        starting_position=stream_mapping.STREAM_STARTING_POSITION,
+                        name=stream_mapping.FUNCTION_NAME)
 def publish_approval_events(event):
-    with telemetry.invocation(events.FUNCTION_NAME,
+    # Loaded here: the outbox is this function's alone, and off every route's cold start.
+    from chalicelib.approvals import events
+
+    with telemetry.invocation(stream_mapping.FUNCTION_NAME,
                               lambda_request_id=getattr(event.context, "aws_request_id", None)):
         records = event.to_dict()["Records"]
         settings = load_settings()

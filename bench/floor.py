@@ -30,8 +30,11 @@ def _dynamodb_and_secrets():
     if _client is None:
         config = Config(connect_timeout=1, read_timeout=3,
                         retries={"mode": "standard", "total_max_attempts": 3})
-        _client = boto3.session.Session().client("dynamodb", config=config)
-        manager = boto3.session.Session().client("secretsmanager", config=config)
+        # One session for both clients, as the gateway does: a second session would load
+        # botocore's endpoint data again, a cost no correct handler needs.
+        session = boto3.session.Session()
+        _client = session.client("dynamodb", config=config)
+        manager = session.client("secretsmanager", config=config)
         inbound = json.loads(manager.get_secret_value(
             SecretId=os.environ["INBOUND_SECRET_ID"])["SecretString"])
         keys = json.loads(manager.get_secret_value(

@@ -19,10 +19,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "bench" / "worker.py"
-# The budget: metrics, correlation and tracing keep the gateway within 1.5x (warm) and
-# 1.6x (cold) of the floor. Against a zero-latency stand-in the ratio is the CPU the gateway
-# adds, at its largest; next to DynamoDB's own milliseconds in a region it is small.
-BUDGET = {"warm": 1.5, "cold": 1.6}
+# The budgets: metrics, correlation and tracing keep the gateway within 1.5x of the floor warm;
+# cold, with what only some handlers use loaded on first use (the events outbox, the stuck
+# search, the outbound use cases, the Zeyi client, the table tooling) and one boto3 session,
+# within 1.3x. Against a zero-latency stand-in the ratio is the CPU the gateway adds, at its
+# largest; next to DynamoDB's own milliseconds in a region it is small.
+BUDGET = {"warm": 1.5, "cold": 1.3}
 HANDLERS = ("gateway", "floor")
 TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 

@@ -310,3 +310,39 @@ def test_tokens_verify_for_every_payload_length(app_key):
     # appKey's length: every residue modulo 4 occurs here.
     token = tokens.issue_token(KEYS, app_key, 60, clock=lambda: NOW)
     tokens.verify_authorization(KEYS, f"Bearer {token}", app_key, clock=lambda: NOW)
+
+
+def _inbound(app_key: str) -> str:
+    return json.dumps({"appKey": app_key, "appSecret": "s" * 16})
+
+
+# The token's payload holds at most 512 characters: JSON {"k","exp","jti"} of 66 characters
+# plus the appKey, in Base64 (4 characters per 3 bytes), so 318 ASCII characters at most. A
+# non-ASCII character is escaped by JSON to \uXXXX, 6 characters: 53 of them fit, 54 do not.
+@pytest.mark.parametrize("app_key", ["a" * 318, "é" * 53], ids=["318 ascii", "53 escaped"])
+def test_the_longest_app_key_that_fits_is_loaded_and_its_tokens_verify(app_key):
+    credential = parse_inbound("inbound", _inbound(app_key)).get(app_key)
+    token = tokens.issue_token(KEYS, credential.app_key, 7200, clock=lambda: NOW)
+    assert len(token.split(".")[1]) == 512  # the limit exactly
+    tokens.verify_authorization(KEYS, f"Bearer {token}", app_key, clock=lambda: NOW)
+
+
+@pytest.mark.parametrize("app_key", ["a" * 319, "é" * 54, "a" * 1000],
+                         ids=["319 ascii", "54 escaped", "1000 ascii"])
+def test_an_app_key_too_long_for_any_token_is_a_config_error_when_loaded(app_key):
+    with pytest.raises(ConfigError) as raised:
+        parse_inbound("jinrun/zeyi/inbound", _inbound(app_key))
+    message = raised.value.message
+    assert message.startswith("secret jinrun/zeyi/inbound: appKey ")
+    assert f"({len(app_key)} characters) is too long" in message
+    assert "s" * 16 not in message and app_key not in message
+
+
+@pytest.mark.parametrize("app_key", ["a" * 319, "é" * 54])
+def test_no_token_is_issued_that_every_callback_would_refuse(app_key):
+    # The secret's check stands in front of this; issuing refuses on its own too, at the
+    # latest expiry a 10-digit epoch allows.
+    for now in (NOW, 9_999_990_000.0):
+        with pytest.raises(ConfigError, match="too long"):
+            tokens.issue_token(KEYS, app_key, 7200, clock=lambda now=now: now)
+

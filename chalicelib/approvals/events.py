@@ -36,6 +36,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from chalicelib.approvals import states
+from chalicelib.approvals.stream_mapping import (  # noqa: F401 - re-exported for ops, sandbox, tests
+    FUNCTION_NAME,
+    STREAM_BATCH_SIZE,
+    STREAM_MAPPING,
+    STREAM_STARTING_POSITION,
+)
 from chalicelib.runtime.logs import logger
 
 SOURCE = "jinrun.approval-gateway"
@@ -60,23 +66,6 @@ CHANGED_BY_CALLBACK = "callback"
 CHANGED_BY_OPERATOR = "operator"
 # The ids of all events are UUIDs in this namespace, named by (code, version).
 EVENT_ID_NAMESPACE = uuid.UUID("5b0f6f0e-3c1e-4c4f-9a59-4f1c2b7d9e21")
-
-# The Lambda function that publishes them, and how it reads the stream. TRIM_HORIZON: a stage's
-# first deploy publishes what the stream already holds (its last 24 h), not only what comes
-# after. The rest of the event source mapping (failure handling) is set by the merge template
-# for `chalice package` and by `python -m ops deploy` for `chalice deploy`, from STREAM_MAPPING.
-FUNCTION_NAME = "publish_approval_events"
-STREAM_BATCH_SIZE = 100
-STREAM_STARTING_POSITION = "TRIM_HORIZON"
-STREAM_MAPPING = {
-    "FunctionResponseTypes": ["ReportBatchItemFailures"],
-    "BisectBatchOnFunctionError": True,
-    # Then the batch's coordinates go to the dead-letter queue, and the shard moves on.
-    "MaximumRetryAttempts": 8,
-    # A record not published within an hour goes there too (the stream keeps records 24 h,
-    # which leaves the replay command the rest of the day).
-    "MaximumRecordAgeInSeconds": 3600,
-}
 
 # PutEvents: at most 10 entries and 256 KiB per call (an entry counts its Time, Source,
 # DetailType and Detail, as UTF-8).

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from chalicelib.errors import ConfigError
+from chalicelib.protocol import tokens
 from chalicelib.protocol.aes import AesCodec, check_key_material
 
 TOKEN_KEY_MIN_BYTES = 32
@@ -100,6 +101,12 @@ def parse_inbound(secret_id: str, raw: str) -> InboundCredentials:
     by_key: dict[str, Credential] = {}
     for entry in entries:
         credential = _credential(secret_id, entry, iv_required=False)
+        # Zeyi gets a token for each inbound appKey; one too long for any token to verify is a
+        # misconfiguration, shown here (and by `ops config check`) rather than at each callback.
+        try:
+            tokens.check_app_key(credential.app_key)
+        except ConfigError as exc:
+            raise ConfigError(f"secret {secret_id}: {exc.message}") from None
         if credential.app_key in by_key:
             raise ConfigError(f"secret {secret_id}: appKey {credential.app_key} is listed twice")
         by_key[credential.app_key] = credential

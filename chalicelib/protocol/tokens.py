@@ -5,6 +5,9 @@ to the appKey that obtained it, so one inbound credential cannot use another's t
 may be configured: the first signs, all verify, so the key can be rotated with no failed callback.
 
 Format: ``v1.<base64url(JSON {"k": appKey, "exp": epoch s, "jti": random})>.<base64url(mac)>``.
+The payload is at most 512 characters, which caps the appKey at 318 ASCII characters (fewer
+when JSON escapes some): a longer one is refused when the inbound secret is loaded
+(``check_app_key``), so no token is ever issued that every callback would refuse.
 """
 from __future__ import annotations
 
@@ -15,13 +18,21 @@ import json
 import re
 import secrets
 import time
+from typing import TYPE_CHECKING
 
-from chalicelib.errors import TokenInvalidError
-from chalicelib.protocol.credentials import TokenKeys
+from chalicelib.errors import ConfigError, TokenInvalidError
+
+if TYPE_CHECKING:  # credentials imports this module to check each appKey when it is loaded
+    from chalicelib.protocol.credentials import TokenKeys
 
 TOKEN_TYPE = "Bearer"  # noqa: S105 - the OAuth2 token type, not a secret
 _VERSION = "v1"
+# The payload's limit, in the regex below and at issue time: keep the two equal.
+MAX_PAYLOAD_CHARS = 512
 _TOKEN_RE = re.compile(r"v1\.([A-Za-z0-9_-]{1,512})\.([A-Za-z0-9_-]{43})")
+_JTI_BYTES = 16
+# An expiry in epoch seconds has 10 digits until the year 2286.
+_EXP_DIGITS = 10
 _BEARER_RE = re.compile(r"Bearer ([!-~]{1,1024})", re.IGNORECASE)
 
 
@@ -49,9 +60,29 @@ def _mac(key: bytes, signed_part: str) -> bytes:
     return hmac.new(key, signed_part.encode("ascii"), hashlib.sha256).digest()
 
 
+def _payload(app_key: str, exp: int, jti: str) -> str:
+    claims = {"k": app_key, "exp": exp, "jti": jti}
+    return _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+
+
+def _too_long(app_key: str) -> ConfigError:
+    return ConfigError(f"appKey {app_key[:16]}... ({len(app_key)} characters) is too long: its"
+                       f" access tokens would be over {MAX_PAYLOAD_CHARS} characters of payload,"
+                       " which every callback refuses")
+
+
+def check_app_key(app_key: str) -> None:
+    """Raises ConfigError when ``app_key`` is too long for any token issued to it to verify."""
+    longest = _payload(app_key, int("9" * _EXP_DIGITS), "0" * (2 * _JTI_BYTES))
+    if len(longest) > MAX_PAYLOAD_CHARS:
+        raise _too_long(app_key)
+
+
 def issue_token(keys: TokenKeys, app_key: str, ttl_seconds: int, *, clock=time.time) -> str:
-    claims = {"k": app_key, "exp": int(clock()) + ttl_seconds, "jti": secrets.token_hex(16)}
-    payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+    """Raises ConfigError rather than issue a token that verify_authorization would refuse."""
+    payload = _payload(app_key, int(clock()) + ttl_seconds, secrets.token_hex(_JTI_BYTES))
+    if len(payload) > MAX_PAYLOAD_CHARS:
+        raise _too_long(app_key)
     signed_part = f"{_VERSION}.{payload}"
     return f"{signed_part}.{_b64encode(_mac(keys.signing_key, signed_part))}"
 

@@ -12,6 +12,7 @@ import threading
 from chalicelib.runtime.settings import load_settings
 
 _clients: dict[str, object] = {}
+_session = None
 _lock = threading.Lock()
 
 
@@ -22,6 +23,7 @@ def client(service: str):
         return existing
     with _lock:
         if service not in _clients:
+            global _session
             import boto3
             from botocore.config import Config
 
@@ -38,11 +40,19 @@ def client(service: str):
                 # still presigns a POST with SigV2 otherwise, which newer regions refuse.
                 signature_version="s3v4" if service == "s3" else None,
             )
-            _clients[service] = boto3.session.Session().client(service, config=config)
+            # One session for every client: each new session loads botocore's endpoint and
+            # partition data again, which made a cold callback's second client (Secrets Manager,
+            # then DynamoDB) cost half again as much as its first (make bench, cProfile).
+            # Sessions are not thread-safe, and clients are made under the lock only.
+            if _session is None:
+                _session = boto3.session.Session()
+            _clients[service] = _session.client(service, config=config)
         return _clients[service]
 
 
 def reset() -> None:
     """Forget every client, so the next call reads the environment again (tests, sandbox)."""
+    global _session
     with _lock:
         _clients.clear()
+        _session = None

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-NONCE_TTL_ATTRIBUTE = "expiresAt"
-APPROVALS_STREAM_VIEW_TYPE = "NEW_AND_OLD_IMAGES"
-# A sparse index of the codes whose approval is still open (SUBMITTING, PENDING, CANCELLING):
-# only a HEAD in such a status carries ``openStatus``, keyed with the time it entered it, so
-# the oldest of each status is a Query, never a Scan.
-OPEN_INDEX = "open-approvals"
-OPEN_STATUS_ATTRIBUTE = "openStatus"
-OPEN_SINCE_ATTRIBUTE = "openSince"
+from chalicelib.runtime.table_keys import (  # noqa: F401 - re-exported for ops and tests
+    APPROVALS_STREAM_VIEW_TYPE,
+    NONCE_TTL_ATTRIBUTE,
+    OPEN_INDEX,
+    OPEN_SINCE_ATTRIBUTE,
+    OPEN_STATUS_ATTRIBUTE,
+)
+
 _WAITER = {"Delay": 1, "MaxAttempts": 120}
 _PITR_TRIES = 10
 

@@ -34,7 +34,7 @@ from decimal import Decimal
 
 from chalicelib.approvals import states
 from chalicelib.errors import NonceReplayedError, ServiceUnavailableError, StoreError
-from chalicelib.runtime.tables import OPEN_SINCE_ATTRIBUTE, OPEN_STATUS_ATTRIBUTE
+from chalicelib.runtime.table_keys import OPEN_SINCE_ATTRIBUTE, OPEN_STATUS_ATTRIBUTE
 
 HEAD = "HEAD"
 ATTEMPT_PREFIX = "ATTEMPT#"

@@ -12,7 +12,7 @@ from chalicelib.approvals.store.base import (
     _s,
 )
 from chalicelib.errors import ApprovalNotFoundError
-from chalicelib.runtime.tables import OPEN_INDEX, OPEN_SINCE_ATTRIBUTE, OPEN_STATUS_ATTRIBUTE
+from chalicelib.runtime.table_keys import OPEN_INDEX, OPEN_SINCE_ATTRIBUTE, OPEN_STATUS_ATTRIBUTE
 
 # Newest first, at most this many in a status answer; the counts say how many there are.
 HISTORY_ATTEMPTS = 20
