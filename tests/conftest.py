@@ -245,6 +245,22 @@ def retry_once_after_success(client, operation):
     return fired
 
 
+def post(gateway, path, payload):
+    """POST ``payload`` (JSON, or bytes as they are) through Chalice's test client: (status,
+    envelope)."""
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    response = gateway.http.post(path, body=raw, headers={"Content-Type": "application/json"})
+    return response.status_code, json.loads(response.body)
+
+
+@pytest.fixture
+def zeyi(monkeypatch):
+    """The Zeyi simulator (below), and the gateway's settings pointing at it."""
+    with simulator() as sim:
+        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
+        yield sim
+
+
 @contextlib.contextmanager
 def simulator(**config):
     """The Zeyi simulator in this process on a free loopback port: the fake Zeyi of the tests,
@@ -262,10 +278,6 @@ def simulator(**config):
         sim.stop(timeout_seconds=2.0)
 
 
-@pytest.fixture
-def zeyi():
-    with simulator() as sim:
-        yield sim
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from chalicelib.approvals.store import CallbackRecord
 from chalicelib.protocol import file_links
 from chalicelib.protocol.credentials import TokenKeys
 from chalicelib.runtime import aws, settings
-from tests.conftest import OUTBOUND, TOKEN_KEYS, TOKEN_SECRET_ID, simulator
+from tests.conftest import OUTBOUND, TOKEN_KEYS, TOKEN_SECRET_ID, post
 from tests.peer import send_body
 from tests.test_ops_cli import run_ops, stage_config
 
@@ -36,19 +36,6 @@ def s3_env(aws_env, monkeypatch):
     monkeypatch.setenv(settings.PUBLIC_BASE_URL, PUBLIC)
     aws.client("s3").create_bucket(Bucket=BUCKET)
     return aws_env
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
-
-
-def post(gateway, path, payload):
-    response = gateway.http.post(path, body=json.dumps(payload).encode(),
-                                 headers={"Content-Type": "application/json"})
-    return response.status_code, json.loads(response.body)
 
 
 def upload(gateway, data=PDF, name=NAME, content_type="application/pdf") -> str:

@@ -11,7 +11,6 @@ import pytest
 
 from chalicelib.runtime import aws
 from tests import peer
-from tests.conftest import simulator
 from tests.test_callback_route import CALLBACK, stored_items, token_for
 
 ENVELOPE_KEYS = {"success", "businessException", "errorCode", "message", "result"}
@@ -22,13 +21,6 @@ ROUTES = [("/auth/token", "POST", 400), (CALLBACK, "POST", 400),
           ("/audit/PO-1", "GET", 405), ("/files", "POST", 405)]
 WRONG = [(path, method, allowed, status) for path, allowed, status in ROUTES
          for method in ALL_METHODS if method != allowed]
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
 
 
 def envelope_of(response) -> dict:

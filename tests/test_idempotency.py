@@ -17,17 +17,10 @@ from chalicelib.protocol.zeyi_client import ZeyiClient
 from chalicelib.runtime import aws
 from chalicelib.runtime.secrets_cache import SecretsCache
 from chalicelib.runtime.settings import load_settings
-from tests.conftest import NONCES_TABLE, simulator
+from tests.conftest import NONCES_TABLE
 from tests.peer import cancel_body, send_body
 
 LEASE_SECONDS = 120
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
 
 
 @pytest.fixture

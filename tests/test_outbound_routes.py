@@ -6,21 +6,8 @@ import json
 
 import pytest
 
-from tests.conftest import simulator
+from tests.conftest import post
 from tests.peer import cancel_body, send_body
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
-
-
-def post(gateway, path, payload):
-    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    response = gateway.http.post(path, body=raw, headers={"Content-Type": "application/json"})
-    return response.status_code, json.loads(response.body)
 
 
 def test_send_then_status_then_cancel_over_http(gateway, zeyi):

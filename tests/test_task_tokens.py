@@ -21,7 +21,7 @@ import yaml
 from chalicelib.approvals import task_tokens
 from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
 from chalicelib.runtime import aws
-from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, INBOUND, NONCES_TABLE, simulator
+from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, INBOUND, NONCES_TABLE
 from tests.events_support import create_bus, stream_records
 from tests.peer import send_body
 
@@ -34,13 +34,6 @@ def _moto_config(url: str, execute: bool) -> None:
         f"{url}/moto-api/config", method="POST",
         data=json.dumps({"stepfunctions": {"execute_state_machine": execute}}).encode())
     urllib.request.urlopen(request, timeout=10).read()  # noqa: S310 - loopback moto server
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
 
 
 @pytest.fixture

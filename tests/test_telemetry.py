@@ -11,19 +11,12 @@ import pytest
 import app as gateway_app
 from chalicelib.runtime import aws, correlation, telemetry
 from tests import peer
-from tests.conftest import APPROVALS_TABLE, simulator
+from tests.conftest import APPROVALS_TABLE
 from tests.test_callback_route import CALLBACK, post_callback, seed_pending, token_for
 
 NAMESPACE = "jinrun-approval-gateway/test"
 # Every dimension a metric may have, and where its values come from: all bounded sets.
 DIMENSIONS = {"service", "disposition", "errorCode", "outcome", "operation", "status", "function"}
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
 
 
 @pytest.fixture(autouse=True)

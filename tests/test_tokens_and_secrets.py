@@ -40,7 +40,7 @@ def test_a_token_signed_by_a_retired_key_still_verifies_and_a_foreign_key_does_n
 def test_tampered_claims_are_refused():
     token = tokens.issue_token(KEYS, "app", 60, clock=lambda: NOW)
     version, payload, mac = token.split(".")
-    forged_payload = tokens._b64encode(json.dumps({"k": "app", "exp": NOW + 10**6}).encode())
+    forged_payload = tokens.b64url_encode(json.dumps({"k": "app", "exp": NOW + 10**6}).encode())
     with pytest.raises(TokenInvalidError):
         tokens.verify_authorization(KEYS, f"Bearer {version}.{forged_payload}.{mac}", "app",
                                     clock=lambda: NOW)
@@ -138,8 +138,8 @@ def test_missing_secret_is_a_config_error_naming_it(gateway, monkeypatch):
 # -- token payloads: only a holder of the key can mint one, but a bad one is still a refusal -----
 
 def _minted(payload: bytes, keys=KEYS) -> str:
-    signed_part = f"v1.{tokens._b64encode(payload)}" if payload else "v1.abcde"
-    return f"{signed_part}.{tokens._b64encode(tokens._mac(keys.signing_key, signed_part))}"
+    signed_part = f"v1.{tokens.b64url_encode(payload)}" if payload else "v1.abcde"
+    return f"{signed_part}.{tokens.b64url_encode(tokens.mac(keys.signing_key, signed_part))}"
 
 
 @pytest.mark.parametrize("payload", [b'["app", 1]', b"not json", b"\xff\xfe", b"1", b'"app"',
@@ -181,8 +181,8 @@ def test_token_formats_at_their_edges(header, why):
 def test_a_token_is_version_one_with_a_32_byte_mac():
     token = tokens.issue_token(KEYS, "app", 60, clock=lambda: NOW)
     version, payload, mac = token.split(".")
-    assert version == "v1" and len(tokens._b64decode(mac)) == 32
-    claims = json.loads(tokens._b64decode(payload))
+    assert version == "v1" and len(tokens.b64url_decode(mac)) == 32
+    claims = json.loads(tokens.b64url_decode(payload))
     assert claims["k"] == "app" and claims["exp"] == int(NOW) + 60
     assert tokens.TOKEN_TYPE == "Bearer"
 

@@ -14,7 +14,7 @@ import pytest
 
 from chalicelib.runtime import correlation, tracing
 from tests import peer
-from tests.conftest import APPROVALS_TABLE, simulator
+from tests.conftest import APPROVALS_TABLE
 from tests.test_callback_route import post_callback, seed_pending, token_for
 
 TRACE_ID = "1-5759e988-bd862e3fe1be46a994272793"
@@ -51,13 +51,6 @@ def daemon(monkeypatch):
     yield listener
     listener.sock.close()
     monkeypatch.setattr(tracing, "_trace", None)
-
-
-@pytest.fixture
-def zeyi(monkeypatch):
-    with simulator() as sim:
-        monkeypatch.setenv("ZEYI_BASE_URL", sim.url)
-        yield sim
 
 
 def _check_subsegment(document: dict) -> None:

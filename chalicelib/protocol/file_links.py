@@ -20,9 +20,6 @@ Pure: no AWS, no clock of its own.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import re
 import string
@@ -31,6 +28,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from chalicelib.protocol.credentials import TokenKeys
+from chalicelib.protocol.tokens import b64url_decode, b64url_encode, mac, signed_by_any
 
 FILE_ID_RE = re.compile(r"file-[0-9a-f]{32}")
 S3_PREFIX = "s3://"
@@ -90,26 +88,14 @@ def parse_s3_url(value: str) -> tuple[str, str] | None:
     return bucket, key
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(key: bytes, signed_part: str) -> bytes:
-    return hmac.new(key, signed_part.encode("ascii"), hashlib.sha256).digest()
-
-
 def issue_link_token(keys: TokenKeys, claims: LinkClaims) -> str:
     data = {"b": claims.ref.bucket, "k": claims.ref.key, "n": claims.ref.file_name,
             "t": claims.ref.content_type, "c": claims.code, "a": claims.attempt_id,
             "i": claims.issued_at_ms}
-    payload = _b64encode(json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    payload = b64url_encode(json.dumps(data, ensure_ascii=False, separators=(",", ":"))
                          .encode("utf-8"))
     signed_part = f"{_LINK_VERSION}.{payload}"
-    return f"{signed_part}.{_b64encode(_mac(keys.signing_key, signed_part))}"
+    return f"{signed_part}.{b64url_encode(mac(keys.signing_key, signed_part))}"
 
 
 def verify_link_token(keys: TokenKeys, token: str) -> LinkClaims:
@@ -120,11 +106,11 @@ def verify_link_token(keys: TokenKeys, token: str) -> LinkClaims:
     if match is None:
         raise LinkInvalid("malformed")
     signed_part = f"{_LINK_VERSION}.{match.group(1)}"
-    given = _b64decode(match.group(2))
-    if not any(hmac.compare_digest(_mac(key, signed_part), given) for key in keys.keys):
+    given = b64url_decode(match.group(2))
+    if not signed_by_any(keys, signed_part, given):
         raise LinkInvalid("not signed by the gateway")
     try:
-        data = json.loads(_b64decode(match.group(1)))
+        data = json.loads(b64url_decode(match.group(1)))
         ref = ObjectRef(bucket=_str(data["b"]), key=_str(data["k"]), file_name=_str(data["n"]),
                         content_type=_str(data["t"]))
         issued = data["i"]

@@ -36,11 +36,11 @@ _EXP_DIGITS = 10
 _BEARER_RE = re.compile(r"Bearer ([!-~]{1,1024})", re.IGNORECASE)
 
 
-def _b64encode(data: bytes) -> str:
+def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64decode(text: str) -> bytes:
+def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -48,7 +48,7 @@ def _claims(payload: str) -> dict:
     """The claims of a token whose MAC verified. Only a holder of the key can mint one, so a
     payload that is not a JSON object means a broken issuer: still a refusal, never a 500."""
     try:
-        claims = json.loads(_b64decode(payload))
+        claims = json.loads(b64url_decode(payload))
     except ValueError:  # binascii.Error and UnicodeDecodeError included
         raise TokenInvalidError("access token is not valid") from None
     if not isinstance(claims, dict):
@@ -56,13 +56,22 @@ def _claims(payload: str) -> dict:
     return claims
 
 
-def _mac(key: bytes, signed_part: str) -> bytes:
+def mac(key: bytes, signed_part: str) -> bytes:
+    """HMAC-SHA256 of ``signed_part``, which starts with its token type's version tag (``v1``
+    access tokens, ``f1`` file links: chalicelib.protocol.file_links), so that one kind of token
+    signed with the shared keys is never taken for the other."""
     return hmac.new(key, signed_part.encode("ascii"), hashlib.sha256).digest()
+
+
+def signed_by_any(keys: TokenKeys, signed_part: str, given_mac: bytes) -> bool:
+    """Whether any of ``keys`` (the current one and those being retired) made ``given_mac``;
+    compared in constant time."""
+    return any(hmac.compare_digest(mac(key, signed_part), given_mac) for key in keys.keys)
 
 
 def _payload(app_key: str, exp: int, jti: str) -> str:
     claims = {"k": app_key, "exp": exp, "jti": jti}
-    return _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+    return b64url_encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
 
 
 def _too_long(app_key: str) -> ConfigError:
@@ -84,7 +93,7 @@ def issue_token(keys: TokenKeys, app_key: str, ttl_seconds: int, *, clock=time.t
     if len(payload) > MAX_PAYLOAD_CHARS:
         raise _too_long(app_key)
     signed_part = f"{_VERSION}.{payload}"
-    return f"{signed_part}.{_b64encode(_mac(keys.signing_key, signed_part))}"
+    return f"{signed_part}.{b64url_encode(mac(keys.signing_key, signed_part))}"
 
 
 def verify_authorization(keys: TokenKeys, authorization: str | None, app_key: str, *,
@@ -101,8 +110,8 @@ def verify_authorization(keys: TokenKeys, authorization: str | None, app_key: st
     if match is None:
         raise TokenInvalidError("access token is malformed")
     signed_part = f"{_VERSION}.{match.group(1)}"
-    given_mac = _b64decode(match.group(2))
-    if not any(hmac.compare_digest(_mac(key, signed_part), given_mac) for key in keys.keys):
+    given_mac = b64url_decode(match.group(2))
+    if not signed_by_any(keys, signed_part, given_mac):
         raise TokenInvalidError("access token is not valid")
     claims = _claims(match.group(1))
     if claims.get("k") != app_key:
