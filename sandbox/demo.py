@@ -4,6 +4,7 @@
 2. send → Zeyi refuses → REFUSED
 3. send → cancel → CANCELLING → Zeyi's terminate callback → TERMINATED
 4. a second send for a code whose approval is active → 409 APPROVAL_ACTIVE
+5. DingTalk revokes the agreed approval of 1 → Zeyi's terminate callback → REVOKED
 and finally ``GET /audit/{code}`` for each. After each flow it shows the approval events the
 sandbox's internal app received on its queue (the stage's bus → a rule → SQS), as an internal
 team's app would. Codes carry a timestamp, so the demo can be rerun.
@@ -33,7 +34,7 @@ from sandbox.stack import (
     ports_from_env,
 )
 
-FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED")
+FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED", "REVOKED")
 WAIT_SECONDS = 20.0
 
 
@@ -227,7 +228,15 @@ class Demo:
         self.out("  …and a refused send changes nothing, so it is no event:")
         self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed"])
 
-        self.step("5. GET /audit/{code} for each")
+        self.step(f"5. DingTalk revokes {agree}'s agreed approval: Zeyi's terminate makes it"
+                  " REVOKED")
+        self.decide(agree, "terminate")
+        self.wait_callback(agree)
+        self.expect(self.wait_status(agree, "REVOKED") == "REVOKED", "REVOKED after the callback")
+        self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed",
+                            "Approval Revoked"])
+
+        self.step("6. GET /audit/{code} for each")
         for code in self.codes:
             response = requests.get(f"{self.gateway}/audit/{code}", timeout=30)
             result = (response.json() or {}).get("result") or {}
