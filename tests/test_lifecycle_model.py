@@ -72,7 +72,7 @@ from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
 from tests.zeyi_model import AGREED, FAULTS, PENDING, REFUSED, TERMINATED, Callback, ZeyiModel
 
-PROFILES = {"default": (300, 14), "deep": (2000, 20)}
+PROFILES = {"default": (300, 14), "deep": (1500, 16)}
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
 EXAMPLES = int(os.environ.get("LIFECYCLE_EXAMPLES", PROFILES[PROFILE][0]))
 STEPS = int(os.environ.get("LIFECYCLE_STEPS", PROFILES[PROFILE][1]))
