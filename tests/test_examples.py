@@ -14,7 +14,7 @@ from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
 from chalicelib.runtime import aws
 from examples import approval_events_consumer as consumer
 from tests.conftest import APPROVALS_TABLE, EVENT_BUS_NAME, NONCES_TABLE
-from tests.events_support import Subscriber, create_bus, stream_records
+from tests.events_support import Subscriber, assert_valid, create_bus, stream_records
 
 
 @pytest.fixture
@@ -95,6 +95,8 @@ def test_a_revoked_agreement_reaches_it_in_any_order_and_a_note_hides_nothing(aw
         ("Approval Agreed", "late"), ("Approval Pending", "late"),
         ("Approval Submitted", "late")])
     assert seen.statuses["HT-EX-2"] == store.get_head("HT-EX-2")["status"] == "REVOKED"
+    for event in events:
+        assert_valid(event)  # docs/events/approval-event.schema.json knows "Approval Revoked"
     revoked = events[-1]["detail"]
     assert (revoked["previousStatus"], revoked["auditUser"], revoked["remark"]) == (
         "AGREED", "李总", "作废")
