@@ -269,3 +269,20 @@ def test_a_refused_instances_terminate_keeps_refused_and_is_recorded(store, mode
     outcome = deliver(store, model.decide(b1, "terminate"))
     assert (outcome.disposition, outcome.status) == ("ignored", "REFUSED")
     assert store.history("AC-12")["callbackCount"] == 2
+
+
+# -- found by the deep model run: an unknown instance's later callback ------------------------------
+
+def test_an_unknown_instances_revocation_never_ends_the_current_attempt(store, clock, model):
+    outside = model.create_elsewhere("AC-13")
+    deliver(store, model.decide(outside, "refuse"))          # the code's first instance
+    second = model.create_elsewhere("AC-13")
+    assert deliver(store, model.decide(second, "refuse")).disposition == "unknown_instance"
+    model.faults.append("lost_before")
+    with pytest.raises(UpstreamOutcomeUnknownError):
+        send(store, model, "AC-13")                          # SUBMITTING
+    revoked = deliver(store, model.decide(second, "terminate"))  # deleted in DingTalk
+    assert (revoked.disposition, revoked.status) == ("unknown_instance", "SUBMITTING")
+    unknown = [c for c in store.history("AC-13")["callbacks"]
+               if c["businessId"] == second.business_id]
+    assert [c["attemptId"] for c in unknown] == [None, None]

@@ -156,6 +156,9 @@ IGNORED = "ignored"            # its instance had already ended: recorded only
 LATE = "late"                  # settles an earlier attempt; the code's status stays
 UNKNOWN_INSTANCE = "unknown_instance"  # no attempt can own it: recorded only, and a warning
 NEW_ATTEMPT = "new"            # Ruling.attempt_id: an attempt the callback itself creates
+# The "attempt" an instance recorded as unknown_instance is bound to, so that its later
+# callbacks are known to be its own and never taken for the current attempt's instance.
+UNOWNED = "-"
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,11 @@ def decide_callback(head: Head | None, business_id: str, event: str,
         if after is None:
             return Ruling(IGNORED, head.attempt_id, head.attempt_id, head.status)
         return Ruling(APPLIED, head.attempt_id, head.attempt_id, after)
+    if bound_to is not None and bound_to[0] == UNOWNED:
+        # An instance no attempt could own has called back before: this is its own later
+        # callback (a revocation, say), recorded under no attempt like the first.
+        return Ruling(UNKNOWN_INSTANCE, None, head.attempt_id, head.status,
+                      warning="an instance no attempt of this code can own")
     if bound_to is not None:
         return _earlier_instance(head, event, *bound_to)
     owed = [attempt for attempt in head.owed_terminate if attempt in head.in_doubt]

@@ -206,7 +206,15 @@ class CallbackStore(StoreBase):
         """The instance and attempt items a ruling writes besides the HEAD and the record."""
         code, business_id = callback.code, callback.business_id
         items = []
-        if ruling.disposition != states.IGNORED and business_id != (head or {}).get("businessId"):
+        if ruling.disposition == states.UNKNOWN_INSTANCE:
+            # Bound to no attempt, so its later callbacks are known to be its own.
+            status = states.next_status_of_instance(bound_to[1], callback.event) \
+                if bound_to is not None else None
+            items.append(self._instance_put(code, business_id, states.UNOWNED,
+                                            status or (bound_to or ("", None))[1]
+                                            or states.target_of(callback.event), now))
+        elif ruling.disposition != states.IGNORED \
+                and business_id != (head or {}).get("businessId"):
             if attempt_id is not None and attempt_id != current:
                 items.append(self._instance_put(code, business_id, attempt_id,
                                                 ruling.attempt_status, now))
