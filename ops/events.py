@@ -31,7 +31,11 @@ from ops.stage_config import LOCAL_STAGES, Stage, load_stage
 ARCHIVE_RETENTION_DAYS = 365
 DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600  # SQS's maximum
 ARCHIVE_PATTERN = {"source": [events.SOURCE]}
-_EMPTY_PAGES = 3  # an open shard answers empty pages at its end; a few in a row mean "no more"
+# DynamoDB Streams answers empty pages on an open shard before the part that holds records ("it
+# might take multiple calls to get to a portion of the shard that contains stream records"), so
+# an empty page says nothing: reading stops at the batch's last record, at the end of a closed
+# shard, or after this many pages, and a batch not read to its last record is never replayed.
+_MAX_PAGES = 1000
 _REPLAY_VISIBILITY_SECONDS = 120
 
 
@@ -289,16 +293,24 @@ def read_batch(streams_client, batch: FailedBatch) -> list[dict]:
             raise OpsError(f"the stream no longer holds {batch.describe()} (it keeps records "
                            "24 hours)") from None
         raise
-    records, empty = [], 0
-    while iterator and empty < _EMPTY_PAGES:
+    records: list[dict] = []
+    for _ in range(_MAX_PAGES):
+        if not iterator:  # a closed shard, read to its end
+            break
         page = streams_client.get_records(ShardIterator=iterator, Limit=1000)
-        empty = 0 if page.get("Records") else empty + 1
         for record in page.get("Records", []):
-            if int(record["dynamodb"]["SequenceNumber"]) > int(batch.end):
+            sequence = int(record["dynamodb"]["SequenceNumber"])
+            if sequence > int(batch.end):
                 return records
             records.append(lambda_record(record, batch.stream_arn))
+            if sequence == int(batch.end):
+                return records
         iterator = page.get("NextShardIterator")
-    return records
+    # The dead letter is the only pointer to its records: deleting it now would lose the ones
+    # not read yet for good.
+    raise OpsError(f"the stream did not reach the end of {batch.describe()} (read"
+                   f" {len(records)} record(s) in {_MAX_PAGES} pages, or its shard ended"
+                   " before it); run the replay again")
 
 
 def replay_dead_letters(sqs_client, streams_client, events_client, *, queue_url: str,

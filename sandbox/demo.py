@@ -4,8 +4,11 @@
 2. send → Zeyi refuses → REFUSED
 3. send → cancel → CANCELLING → Zeyi's terminate callback → TERMINATED
 4. a second send for a code whose approval is active → 409 APPROVAL_ACTIVE
-5. a file: upload a small PDF with a Chinese name (POST /files, then straight to S3), send it by
+5. a send with an Idempotency-Key, retried: the first answer again, one send at Zeyi; the key
+   with another body → 422 IDEMPOTENCY_KEY_REUSED
+6. a file: upload a small PDF with a Chinese name (POST /files, then straight to S3), send it by
    fileId, and follow the stable link Zeyi received to the exact bytes and the Chinese name
+7. DingTalk revokes the agreed approval of 1 → Zeyi's terminate callback → REVOKED
 and finally ``GET /audit/{code}`` for each. After each flow it shows the approval events the
 sandbox's internal app received on its queue (the stage's bus → a rule → SQS), as an internal
 team's app would. Codes carry the time of day (``DEMO-041530-A``), so the demo can be rerun.
@@ -43,6 +46,7 @@ FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED")
 FILE_NAME = "采购合同（演示）.pdf"
 FILE_BYTES = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
               b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+FINAL_STATUSES = ("AGREED", "REFUSED", "TERMINATED", "FAILED", "REVOKED")
 WAIT_SECONDS = 20.0
 
 
@@ -325,7 +329,15 @@ class Demo:
 
         self.files(f"DEMO-{suffix}-F")
 
-        self.step("7. GET /audit/{code} for each")
+        self.step(f"7. DingTalk revokes {agree}'s agreed approval: Zeyi's terminate makes it"
+                  " REVOKED")
+        self.decide(agree, "terminate")
+        self.wait_callback(agree)
+        self.expect(self.wait_status(agree, "REVOKED") == "REVOKED", "REVOKED after the callback")
+        self.events(agree, ["Approval Submitted", "Approval Pending", "Approval Agreed",
+                            "Approval Revoked"])
+
+        self.step("8. GET /audit/{code} for each")
         for code in self.codes:
             response = requests.get(f"{self.gateway}/audit/{code}", timeout=30)
             result = (response.json() or {}).get("result") or {}

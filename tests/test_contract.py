@@ -139,7 +139,7 @@ def test_the_documented_state_names_are_the_code_s():
 
     assert set(SCHEMAS["Status"]["enum"]) == {
         states.SUBMITTING, states.PENDING, states.CANCELLING, states.AGREED, states.REFUSED,
-        states.TERMINATED, states.FAILED}
+        states.TERMINATED, states.FAILED, states.REVOKED} == set(states.STATUSES)
     active = SCHEMAS["ApprovalActive"]["allOf"][1]["properties"]["result"]["properties"]
     assert set(active["status"]["enum"]) == {states.SUBMITTING, states.PENDING, states.CANCELLING,
                                               states.AGREED}

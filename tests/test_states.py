@@ -17,6 +17,7 @@ from chalicelib.approvals.states import (
     PENDING,
     REFUSE,
     REFUSED,
+    REVOKED,
     SUBMITTING,
     TERMINATE,
     TERMINATED,
@@ -27,7 +28,7 @@ from chalicelib.approvals.states import (
 
 
 def test_every_status_is_reachable_and_only_open_ones_take_a_first_callback():
-    reachable = {target for target in states.TRANSITIONS.values()}
+    reachable = {*states.TRANSITIONS.values(), *states.SAME_INSTANCE.values()}
     assert reachable == set(states.STATUSES)
     for event in states.CALLBACK_EVENTS:
         assert states.allowed_from(event) >= states.OPEN
@@ -42,9 +43,10 @@ def test_every_status_is_reachable_and_only_open_ones_take_a_first_callback():
     (SUBMITTING, states.CANCEL_ACCEPTED, None),
     (CANCELLING, TERMINATE, TERMINATED),
     (CANCELLING, AGREE, AGREED),
-    (AGREED, TERMINATE, None),      # an agreed instance stays agreed
+    (AGREED, TERMINATE, None),      # another instance's terminate: see SAME_INSTANCE
     (REFUSED, AGREE, None),
-    (TERMINATED, AGREE, AGREED),    # its finish came first at Zeyi
+    (TERMINATED, AGREE, AGREED),    # an instance the code has not heard of (an operator's)
+    (REVOKED, states.SEND, SUBMITTING),
     (TERMINATED, TERMINATE, None),
     (FAILED, AGREE, None),
 ])
@@ -57,6 +59,7 @@ def test_the_transition_table(status, event, expected):
     (FAILED, None, 0, True),
     (REFUSED, None, 0, True),
     (TERMINATED, None, 0, True),
+    (REVOKED, None, 0, True),
     (PENDING, None, 0, False),
     (AGREED, None, 0, False),
     (SUBMITTING, 1000, 999, False),
@@ -99,11 +102,29 @@ def test_the_first_instance_an_open_attempt_hears_of_is_its_own(status):
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", REFUSED)
 
 
-def test_the_current_instance_is_final_once_decided_but_a_finish_beats_its_own_terminate():
-    assert decide_callback(head(AGREED, business_id="b2"), "b2", TERMINATE, None).disposition \
-        == IGNORED
+def test_an_agreed_instances_own_terminate_revokes_it_in_either_order():
+    ruling = decide_callback(head(AGREED, business_id="b2"), "b2", TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", REVOKED)
+    # Terminate first: the finish came first at Zeyi, then the revocation; the same end.
     ruling = decide_callback(head(TERMINATED, business_id="b2"), "b2", AGREE, None)
-    assert (ruling.disposition, ruling.status) == (APPLIED, AGREED)
+    assert (ruling.disposition, ruling.status) == (APPLIED, REVOKED)
+    # A refused instance's terminate changes nothing: nothing held the code either way.
+    ruling = decide_callback(head(REFUSED, business_id="b2"), "b2", TERMINATE, None)
+    assert (ruling.disposition, ruling.status) == (IGNORED, REFUSED)
+    assert decide_callback(head(REVOKED, business_id="b2"), "b2", TERMINATE, None).disposition \
+        == IGNORED
+
+
+def test_a_terminate_goes_to_the_attempt_in_doubt_that_is_owed_one():
+    owing = Head(status=PENDING, attempt_id="A2", in_doubt=("A0", "A1"), owed_terminate=("A1",))
+    ruling = decide_callback(owing, "bX", TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.attempt_status, ruling.status) == (
+        LATE, "A1", TERMINATED, PENDING)
+    # Its instance was terminated, so an agree or a refuse is not its.
+    assert decide_callback(owing, "bX", REFUSE, None).attempt_id == "A2"
+    # Owed only while in doubt.
+    settled = Head(status=PENDING, attempt_id="A2", in_doubt=("A0",), owed_terminate=("A1",))
+    assert decide_callback(settled, "bX", TERMINATE, None).attempt_id == "A2"
 
 
 def test_an_instance_of_an_earlier_attempt_never_moves_the_code_unless_it_agrees():
@@ -113,11 +134,18 @@ def test_an_instance_of_an_earlier_attempt_never_moves_the_code_unless_it_agrees
     assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REFUSED, PENDING)
     assert ruling.warning is None
     # Agreed is always the code's latest instance: its attempt is the current one again.
-    ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
+    ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", CANCELLING))
     assert (ruling.disposition, ruling.current, ruling.status) == (APPLIED, "A1", AGREED)
     assert ruling.warning is None
+    # ... unless it was revoked since: its terminate came first.
+    ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
+    assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REVOKED,
+                                                                          REFUSED)
+    ruling = decide_callback(head(PENDING, business_id="b2"), "b1", TERMINATE, ("A1", AGREED))
+    assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REVOKED,
+                                                                          PENDING)
     # Two agreed instances cannot both be the latest: recorded, and said.
-    ruling = decide_callback(head(AGREED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
+    ruling = decide_callback(head(AGREED, business_id="b2"), "b1", AGREE, ("A1", CANCELLING))
     assert (ruling.disposition, ruling.status) == (LATE, AGREED)
     assert ruling.warning == "a second agreed instance for one code"
 

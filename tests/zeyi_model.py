@@ -22,6 +22,8 @@ from chalicelib.errors import (
 from chalicelib.protocol.zeyi_client import ZeyiAnswer
 
 PENDING, AGREED, REFUSED, TERMINATED = "PENDING", "AGREED", "REFUSED", "TERMINATED"
+# An agreed instance revoked (撤销) or deleted (删除) in DingTalk: it no longer holds the code.
+REVOKED = "REVOKED"
 DECISIONS = {"agree": AGREED, "refuse": REFUSED, "terminate": TERMINATED}
 # What a send or cancel may meet: None is a plain, well-behaved call.
 FAULTS = (None, "refuse", "system_error", "unavailable", "lost_before", "lost_after")
@@ -114,10 +116,13 @@ class ZeyiModel:
 
     def decide(self, instance: Instance, action: str) -> Callback:
         """Agree, refuse or terminate a pending instance; terminate an ended one (revoked or
-        deleted after its decision: a callback, and the decision stays)."""
+        deleted after its decision: a callback; an agreed one is REVOKED then, any other keeps
+        its decision)."""
         assert instance.state == PENDING or action == "terminate"
         if instance.state == PENDING:
             instance.state = DECISIONS[action]
+        elif instance.state == AGREED:
+            instance.state = REVOKED
         callback = Callback(instance.code, instance.business_id,
                             "terminate" if action == "terminate" else "finish",
                             None if action == "terminate" else action)

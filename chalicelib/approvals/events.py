@@ -6,7 +6,8 @@ with its old and new image, and ``handle_batch`` (the ``@app.on_dynamodb_record`
 turns the ones that matter into PutEvents entries:
 
 - a HEAD written with another ``status`` or another ``attemptId`` (a new attempt) than before:
-  "Approval <Status>" (Submitted, Pending, Agreed, Refused, Terminated, Failed, Cancelling);
+  "Approval <Status>" (Submitted, Pending, Agreed, Refused, Terminated, Failed, Cancelling,
+  Revoked);
 - a HEAD written by a callback whose ``lastCallback`` is new but whose status stayed: "Approval
   Callback Recorded" (the callback was ``ignored``, ``late`` or of an ``unknown_instance``);
 - nothing else: a write that changes neither (an in-doubt attempt pruned by Zeyi's late answer),
@@ -54,6 +55,7 @@ DETAIL_TYPES = {
     states.REFUSED: "Approval Refused",
     states.TERMINATED: "Approval Terminated",
     states.FAILED: "Approval Failed",
+    states.REVOKED: "Approval Revoked",
 }
 CALLBACK_RECORDED = "Approval Callback Recorded"
 # An operator's notice, not a change of the approval: its own source, so that the rules of

@@ -22,6 +22,7 @@ from chalicelib.errors import (
     ApprovalNotFoundError,
     GatewayError,
     ServiceUnavailableError,
+    StoreError,
     UpstreamOutcomeUnknownError,
 )
 from chalicelib.protocol import envelope, payloads
@@ -73,11 +74,15 @@ def send_approval(payload: object, *, store, zeyi, lease_seconds: int,
         # nothing was accepted at Zeyi, so the code is free again at once.
         status = _settle(store, code, attempt_id, states.FAILED, _outcome("rejected", exc),
                          correlation_id)
-        exc.result = {**where, "status": status}
+        exc.result = {**where, "status": states.FAILED if status is _NOT_RECORDED else status}
+        if status is _NOT_RECORDED:
+            exc.result["recorded"] = False
         raise
     status = _settle(store, code, attempt_id, states.PENDING, _outcome("accepted", answer),
                      correlation_id)
     logger.info("approval sent", extra=where)
+    if status is _NOT_RECORDED:
+        return _catching_up({**where, "status": states.PENDING}, "send")
     return envelope.ok({**where, "status": status})
 
 
@@ -123,10 +128,11 @@ def cancel_approval(payload: object, *, store, zeyi, lease_seconds: int,
         else:
             logger.info("cancel accepted after a callback moved the approval on", extra=where)
             status = (store.get_head(code) or head)["status"]
-    except ServiceUnavailableError:
-        # Zeyi accepted: telling the app otherwise would be wrong. The terminate callback will
-        # move the approval from PENDING directly.
+    except (ServiceUnavailableError, StoreError):
+        # Zeyi accepted: a 5xx would tell the app nothing happened. The terminate callback
+        # moves the approval from PENDING directly.
         logger.exception("cancel accepted by Zeyi but not recorded", extra=where)
+        return _catching_up({**where, "status": states.CANCELLING}, "cancel")
     logger.info("approval cancel accepted", extra=where)
     return envelope.ok({**where, "status": status})
 
@@ -156,10 +162,25 @@ def _outcome(kind: str, source) -> dict:
     return outcome
 
 
+# _settle's answer when Zeyi's answer could not be recorded.
+_NOT_RECORDED = object()
+
+
+def _catching_up(result: dict, what: str) -> dict:
+    """Zeyi accepted, and the record could not say so even after bounded retries: a success
+    (never a 5xx, which would read "nothing happened, try again") whose ``recorded: false`` says
+    the record is catching up. It converges by itself: Zeyi's callback moves the approval from
+    the status it still shows, and a send's lease and the stuck-approval search bound the rest."""
+    return envelope.ok({**result, "recorded": False},
+                       message=f"Zeyi accepted the {what}; the record is catching up (GET"
+                               f" /audit/{result['code']} may show the previous status for a"
+                               f" while): do not send it again")
+
+
 def _settle(store, code: str, attempt_id: str, status: str, outcome: dict,
-            correlation_id: str | None) -> str:
+            correlation_id: str | None):
     """Record Zeyi's answer; returns the code's status afterwards (a callback may have moved
-    it first)."""
+    it first), or _NOT_RECORDED."""
     where = {"code": code, "attemptId": attempt_id, "status": status}
     try:
         if store.settle_send(code, attempt_id, status, outcome, correlation_id=correlation_id):
@@ -167,11 +188,11 @@ def _settle(store, code: str, attempt_id: str, status: str, outcome: dict,
         logger.info("send answer kept on an attempt that had moved on", extra=where)
         head = store.get_head(code)
         return head["status"] if head and head["attemptId"] == attempt_id else status
-    except ServiceUnavailableError:
+    except (ServiceUnavailableError, StoreError):
         # What Zeyi said is still what the app must hear; the attempt stays SUBMITTING and its
         # lease, or a callback, ends it.
         logger.exception("send answer not recorded", extra=where)
-        return status
+        return _NOT_RECORDED
 
 
 def _keep(write, *args) -> None:

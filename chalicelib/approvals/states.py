@@ -6,7 +6,7 @@ when a blind write does not apply it reads the code's state and asks ``decide_ca
 
 Statuses::
 
-    SUBMITTING ── accepted ──▶ PENDING ── agree ──▶ AGREED
+    SUBMITTING ── accepted ──▶ PENDING ── agree ──▶ AGREED ── its own terminate ──▶ REVOKED
         │ rejected               │ refuse ──▶ REFUSED, terminate ──▶ TERMINATED
         ▼                        ▼ cancel accepted
       FAILED                CANCELLING ── terminate ──▶ TERMINATED
@@ -27,7 +27,10 @@ AGREED = "AGREED"
 REFUSED = "REFUSED"
 TERMINATED = "TERMINATED"
 FAILED = "FAILED"
-STATUSES = (SUBMITTING, PENDING, CANCELLING, AGREED, REFUSED, TERMINATED, FAILED)
+# Agreed, then revoked (撤销) or deleted (删除) in DingTalk: Zeyi's terminate of the agreed
+# instance. By Zeyi's rule such an instance no longer holds the code, so REVOKED blocks nothing.
+REVOKED = "REVOKED"
+STATUSES = (SUBMITTING, PENDING, CANCELLING, AGREED, REFUSED, TERMINATED, FAILED, REVOKED)
 
 # Events. SEND starts a new attempt; ACCEPTED and REJECTED are Zeyi's answer to it (REJECTED also
 # when Zeyi was never reached); CANCEL_ACCEPTED is Zeyi accepting a cancel; the last three are the
@@ -61,6 +64,7 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (FAILED, SEND): SUBMITTING,
     (REFUSED, SEND): SUBMITTING,
     (TERMINATED, SEND): SUBMITTING,
+    (REVOKED, SEND): SUBMITTING,
     (SUBMITTING, SEND): SUBMITTING,   # only once its lease has run out
     (CANCELLING, SEND): SUBMITTING,   # only once its lease has run out
     (SUBMITTING, ACCEPTED): PENDING,
@@ -76,6 +80,11 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     **{(status, RESOLVE_TERMINATED): TERMINATED for status in OPEN},
 }
 AFTER_LEASE_ONLY = frozenset({(SUBMITTING, SEND), (CANCELLING, SEND)})
+# An instance's own second callback, in either order (the status is the instance's own, the
+# callback names the same businessId): its agreement was revoked or deleted. Not in TRANSITIONS,
+# whose rows also serve callbacks of an instance the code has not heard of (an operator's
+# TERMINATED took no instance: an agree then is Zeyi's decision, AGREED).
+SAME_INSTANCE = {(AGREED, TERMINATE): REVOKED, (TERMINATED, AGREE): REVOKED}
 
 # At most this many superseded attempts are kept "in doubt" on the code; an older one's late
 # callback is then recorded as an unknown instance instead of settling its attempt.
@@ -85,6 +94,11 @@ IN_DOUBT_MAX = 10
 def next_status(status: str | None, event: str) -> str | None:
     """The status ``event`` leads to from ``status``, or None when the table does not allow it."""
     return TRANSITIONS.get((status, event))
+
+
+def next_status_of_instance(status: str | None, event: str) -> str | None:
+    """The status a callback leads its own instance to from the status that instance has."""
+    return SAME_INSTANCE.get((status, event)) or next_status(status, event)
 
 
 def allowed_from(event: str) -> frozenset[str]:
@@ -123,6 +137,17 @@ def in_doubt_after_superseding(status: str, business_id: str | None,
     return in_doubt[-IN_DOUBT_MAX:]
 
 
+def owed_terminate_after_superseding(status: str, business_id: str | None,
+                                     owed: tuple[str, ...], attempt_id: str,
+                                     in_doubt: tuple[str, ...]) -> tuple[str, ...]:
+    """The attempts in doubt that are owed a terminate, once ``attempt_id`` is superseded: a
+    CANCELLING one whose instance the gateway has not heard from. Zeyi accepted its cancel, so
+    its instance's decision is that terminate (it was PENDING, and Zeyi ended it)."""
+    if status == CANCELLING and business_id is None:
+        owed = (*owed, attempt_id)
+    return tuple(attempt for attempt in owed if attempt in in_doubt)
+
+
 # -- callbacks -------------------------------------------------------------------------------------
 
 APPLIED = "applied"            # moved the code's status
@@ -131,6 +156,9 @@ IGNORED = "ignored"            # its instance had already ended: recorded only
 LATE = "late"                  # settles an earlier attempt; the code's status stays
 UNKNOWN_INSTANCE = "unknown_instance"  # no attempt can own it: recorded only, and a warning
 NEW_ATTEMPT = "new"            # Ruling.attempt_id: an attempt the callback itself creates
+# The "attempt" an instance recorded as unknown_instance is bound to, so that its later
+# callbacks are known to be its own and never taken for the current attempt's instance.
+UNOWNED = "-"
 
 
 @dataclass(frozen=True)
@@ -141,6 +169,7 @@ class Head:
     attempt_id: str
     business_id: str | None = None
     in_doubt: tuple[str, ...] = ()
+    owed_terminate: tuple[str, ...] = ()  # those of in_doubt whose instance was terminated
 
 
 @dataclass(frozen=True)
@@ -176,12 +205,24 @@ def decide_callback(head: Head | None, business_id: str, event: str,
     if head is None:
         return Ruling(APPLIED, NEW_ATTEMPT, NEW_ATTEMPT, decision)
     if business_id == head.business_id:
-        after = next_status(head.status, event)
+        after = next_status_of_instance(head.status, event)
         if after is None:
             return Ruling(IGNORED, head.attempt_id, head.attempt_id, head.status)
         return Ruling(APPLIED, head.attempt_id, head.attempt_id, after)
+    if bound_to is not None and bound_to[0] == UNOWNED:
+        # An instance no attempt could own has called back before: this is its own later
+        # callback (a revocation, say), recorded under no attempt like the first.
+        return Ruling(UNKNOWN_INSTANCE, None, head.attempt_id, head.status,
+                      warning="an instance no attempt of this code can own")
     if bound_to is not None:
         return _earlier_instance(head, event, *bound_to)
+    owed = [attempt for attempt in head.owed_terminate if attempt in head.in_doubt]
+    if event == TERMINATE and owed:
+        # An attempt superseded while CANCELLING is owed exactly this: a terminate of an
+        # instance the gateway has not heard from. The current attempt's own instance cannot
+        # be told apart by its businessId, but Zeyi accepting a later send means the cancelled
+        # instance had ended, and its terminate is the one on its way; it settles that attempt.
+        return Ruling(LATE, owed[0], head.attempt_id, head.status, attempt_status=TERMINATED)
     if head.business_id is None and head.status in allowed_from(event):
         # The current attempt is open and has heard of no instance yet: this is its instance.
         # With attempts in doubt it may instead be theirs, arriving late; that cannot be told
@@ -218,7 +259,7 @@ def decide_callback(head: Head | None, business_id: str, event: str,
 def _earlier_instance(head: Head, event: str, attempt_id: str, status: str) -> Ruling:
     """A callback of an instance bound to an earlier attempt: it settles that attempt, and the
     code only when it agrees (an agreed instance is the code's latest, whatever came since)."""
-    after = next_status(status, event)
+    after = next_status_of_instance(status, event)
     if after is None:
         return Ruling(IGNORED, attempt_id, head.attempt_id, head.status)
     if after == AGREED and head.status != AGREED:

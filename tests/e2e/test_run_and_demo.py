@@ -306,7 +306,8 @@ def test_make_demo_runs_every_flow(stack):
         assert line in result.stdout
     # The events the sandbox's internal app received, for each flow.
     for events in ("Submitted, Pending, Agreed", "Submitted, Pending, Refused",
-                   "Submitted, Pending, Cancelling, Terminated", "Submitted, Pending"):
+                   "Submitted, Pending, Cancelling, Terminated", "Submitted, Pending",
+                   "Submitted, Pending, Agreed, Revoked"):
         assert f"✓ events: {events}\n" in result.stdout
     assert re.search(r"#3 Approval Agreed +PENDING → AGREED  eventId [0-9a-f]{8}…  王经理: demo: agree",
                      result.stdout)

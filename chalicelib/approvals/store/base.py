@@ -6,7 +6,8 @@ Layout (table ``approvals``, key ``code`` + ``sk``; every read of one code is on
   callback named one), ``auditType`` (the current attempt's, for the approval events),
   ``leaseExpiresAt`` (SUBMITTING and CANCELLING), ``inDoubt`` (earlier
   attempts superseded before Zeyi's answer or callback was heard: they may own an instance the
-  gateway has not seen), ``lastCallback`` (what the latest callback said, previews only),
+  gateway has not seen), ``owedTerminate`` (those of them superseded while CANCELLING, see
+  ``doubt``), ``lastCallback`` (what the latest callback said, previews only),
   ``changedBy`` and ``version``. Every write of the HEAD bumps ``version``, so a write that read
   the HEAD first conditions on exactly what it read, and ``version`` orders the code's changes.
 - ``ATTEMPT#<attemptId>``: one per send (or per callback that creates an attempt): the request,
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from chalicelib.approvals import states
+from chalicelib.approvals.store.retries import _TRANSIENT_REASONS, backoff
 from chalicelib.errors import NonceReplayedError, ServiceUnavailableError, StoreError
 from chalicelib.runtime.table_keys import OPEN_SINCE_ATTRIBUTE, OPEN_STATUS_ATTRIBUTE
 
@@ -45,7 +47,6 @@ _TRANSIENT_CODES = frozenset({
     "InternalServerError", "ServiceUnavailable", "TransactionConflictException",
     "TransactionInProgressException",
 })
-_TRIES = 5  # every read-then-write and every conflicted transaction, bounded
 # Previews of the free text a callback carries; the whole text stays in the raw body.
 PREVIEW_CHARS = {"auditType": 128, "auditUser": 200, "remark": 1000}
 CHANGED_BY_SEND, CHANGED_BY_ANSWER, CHANGED_BY_CANCEL, CHANGED_BY_CALLBACK, CHANGED_BY_OPERATOR = (
@@ -110,14 +111,17 @@ class _Cancelled(Exception):
         return self.reasons[index].get("Item") if index < len(self.reasons) else None
 
     def conflicted(self) -> bool:
-        return any(self._code(i) == "TransactionConflict" for i in range(len(self.reasons)))
+        """Nothing was decided: a conflict or throttling cancelled it, and a later try may
+        commit. (A condition reported next to a throttled item may not have been evaluated
+        against what a retry will see, so the retry decides.)"""
+        return any(self._code(i) in _TRANSIENT_REASONS for i in range(len(self.reasons)))
 
     def check_expected(self) -> None:
-        """Raises StoreError when a reason is neither a condition nor a conflict: retrying
-        would fail the same way, and calling it a conflict would make Zeyi retry forever."""
+        """Raises StoreError when a reason is neither a condition nor transient: retrying
+        would fail the same way, and calling it transient would make Zeyi retry forever."""
         unexpected = sorted({code for code in map(self._code, range(len(self.reasons)))
-                             if code not in (None, "ConditionalCheckFailed",
-                                             "TransactionConflict")})
+                             if code not in (None, "ConditionalCheckFailed")
+                             and code not in _TRANSIENT_REASONS})
         if unexpected:
             raise StoreError(f"DynamoDB cancelled a write: {', '.join(unexpected)}")
 
@@ -142,11 +146,16 @@ class StoreBase:
     """The key layout, the HEAD's versioned write and the transaction helpers that every use
     case of the store shares."""
 
-    def __init__(self, client, approvals_table: str, nonces_table: str, *, clock=time.time):
+    def __init__(self, client, approvals_table: str, nonces_table: str, *, clock=time.time,
+                 sleep=time.sleep):
         self._client = client
         self._approvals = approvals_table
         self._nonces = nonces_table
         self._clock = clock
+        self._sleep = sleep
+
+    def _backoff(self, tries_done: int) -> None:
+        backoff(self._sleep, tries_done)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -346,7 +355,7 @@ class StoreBase:
 
 
 # What states.decide_callback reads of the HEAD.
-_RULED_FIELDS = ("status", "attemptId", "businessId", "inDoubt")
+_RULED_FIELDS = ("status", "attemptId", "businessId", "inDoubt", "owedTerminate")
 
 
 def _set_audit_type(sets: dict, removes: list[str], audit_type: object) -> None:
@@ -368,7 +377,9 @@ def _head_view(head: dict | None) -> states.Head | None:
         return None
     return states.Head(status=head["status"], attempt_id=head["attemptId"],
                        business_id=head.get("businessId"),
-                       in_doubt=tuple(head.get("inDoubt", ())))
+                       in_doubt=tuple(head.get("inDoubt", ())),
+                       owed_terminate=tuple(head.get("owedTerminate", ())))
+
 
 
 def _to_dynamo(value) -> dict:

@@ -6,7 +6,6 @@ import secrets
 
 from chalicelib.approvals import states
 from chalicelib.approvals.store.base import (
-    _TRIES,
     ATTEMPT_PREFIX,
     CHANGED_BY_CALLBACK,
     CORRELATION_ID,
@@ -25,6 +24,8 @@ from chalicelib.approvals.store.base import (
     _storable_text,
     new_attempt_id,
 )
+from chalicelib.approvals.store.doubt import _doubt_sets, _superseding_doubt
+from chalicelib.approvals.store.retries import _TRIES
 from chalicelib.errors import ServiceUnavailableError
 from chalicelib.runtime.logs import logger
 
@@ -37,10 +38,13 @@ class CallbackStore(StoreBase):
         concurrent writers keep winning.
         """
         outcome = self._apply_blindly(callback, nonce_ttl_seconds)
-        for _ in range(_TRIES):
+        for tries in range(_TRIES):
             if outcome is not None:
                 return outcome
+            self._backoff(tries)
             outcome = self._apply_as_ruled(callback, nonce_ttl_seconds)
+        if outcome is not None:  # the last try committed: Zeyi must hear so
+            return outcome
         raise ServiceUnavailableError("callback could not be stored: too many concurrent writes")
 
     def _callback_put(self, callback: CallbackRecord, disposition: str, status: str,
@@ -78,6 +82,9 @@ class CallbackStore(StoreBase):
         values: dict = {}
         condition = (f"{self._status_condition(callback.event, values)}"
                      " AND attribute_not_exists(businessId)")
+        if callback.event == states.TERMINATE:
+            # An attempt in doubt may be owed this very terminate: the rules decide.
+            condition += " AND attribute_not_exists(owedTerminate)"
         try:
             self._transact([
                 self._nonce_put(callback.app_key, callback.nonce, ttl, request_id),
@@ -93,6 +100,8 @@ class CallbackStore(StoreBase):
         except _Cancelled as cancelled:
             if cancelled.failed(0) and self._committed_already(cancelled.old_item(0), request_id):
                 return CallbackOutcome(states.APPLIED, status)
+            if cancelled.conflicted():
+                return None
             if cancelled.failed(1):
                 return self._duplicate(callback, ttl, cancelled.old_item(1))
             return None
@@ -136,6 +145,8 @@ class CallbackStore(StoreBase):
         except _Cancelled as cancelled:
             if cancelled.failed(0) and self._committed_already(cancelled.old_item(0), request_id):
                 return CallbackOutcome(ruling.disposition, ruling.status)
+            if cancelled.conflicted():
+                return None
             if cancelled.failed(1):
                 return self._duplicate(callback, ttl, cancelled.old_item(1))
             return None
@@ -158,22 +169,36 @@ class CallbackStore(StoreBase):
             _set_audit_type(sets, new_attempt_removes, callback.audit_type)
         if head is None:
             return self._head_update(callback.code, sets)
-        before = tuple(head.get("inDoubt", ()))
-        in_doubt = before
+        in_doubt = tuple(head.get("inDoubt", ()))
+        owed = tuple(head.get("owedTerminate", ()))
         if current != head["attemptId"]:
-            in_doubt = states.in_doubt_after_superseding(head["status"], head.get("businessId"),
-                                                         before, head["attemptId"])
+            in_doubt, owed = _superseding_doubt(head)
         settled = {attempt_id, current, ruling.displaced[1] if ruling.displaced else None}
         in_doubt = tuple(attempt for attempt in in_doubt if attempt not in settled)
         removes = (["leaseExpiresAt"] if "status" in sets else []) + new_attempt_removes
-        if current != head["attemptId"]:
+        if current != head["attemptId"] and ruling.attempt_id != states.NEW_ATTEMPT:
+            # An earlier attempt is current again: the HEAD describes it, not the one it
+            # superseded (the approval events route on its auditType).
+            self._describe_attempt(callback.code, current, sets, removes)
+        elif current != head["attemptId"]:
             removes.append(CORRELATION_ID)
-        if in_doubt != before:
-            if in_doubt:
-                sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
-            else:
-                removes.append("inDoubt")
+        _doubt_sets(head, in_doubt, owed, sets, removes)
         return self._head_update(callback.code, sets, tuple(removes), ruled_on=head)
+
+    def _describe_attempt(self, code: str, attempt_id: str, sets: dict,
+                          removes: list[str]) -> None:
+        """The HEAD's fields that describe its current attempt, from the attempt's own item
+        (written once by its send: nothing to condition on)."""
+        item = self._call("get_item", TableName=self._approvals,
+                          Key=self._key(code, ATTEMPT_PREFIX + attempt_id),
+                          ConsistentRead=True).get("Item")
+        attempt = _plain(item) if item else {}
+        request = attempt.get("request") if isinstance(attempt.get("request"), dict) else {}
+        _set_audit_type(sets, removes, attempt.get("auditType") or request.get("auditType"))
+        if isinstance(attempt.get(CORRELATION_ID), str):
+            sets[CORRELATION_ID] = _s(attempt[CORRELATION_ID])
+        else:
+            removes.append(CORRELATION_ID)
 
     def _ruled_items(self, callback: CallbackRecord, head: dict | None, ruling: states.Ruling,
                      bound_to: tuple[str, str] | None, attempt_id: str | None, current: str,
@@ -181,7 +206,15 @@ class CallbackStore(StoreBase):
         """The instance and attempt items a ruling writes besides the HEAD and the record."""
         code, business_id = callback.code, callback.business_id
         items = []
-        if ruling.disposition != states.IGNORED and business_id != (head or {}).get("businessId"):
+        if ruling.disposition == states.UNKNOWN_INSTANCE:
+            # Bound to no attempt, so its later callbacks are known to be its own.
+            status = states.next_status_of_instance(bound_to[1], callback.event) \
+                if bound_to is not None else None
+            items.append(self._instance_put(code, business_id, states.UNOWNED,
+                                            status or (bound_to or ("", None))[1]
+                                            or states.target_of(callback.event), now))
+        elif ruling.disposition != states.IGNORED \
+                and business_id != (head or {}).get("businessId"):
             if attempt_id is not None and attempt_id != current:
                 items.append(self._instance_put(code, business_id, attempt_id,
                                                 ruling.attempt_status, now))
@@ -195,12 +228,16 @@ class CallbackStore(StoreBase):
             else:
                 items.append(self._instance_unbound(code, business_id))
         if ruling.attempt_id == states.NEW_ATTEMPT:
+            audit: dict = {}
+            _set_audit_type(audit, [], callback.audit_type)
+            sets_audit_type = audit.get("auditType")
             items.append({"Put": {
                 "TableName": self._approvals,
                 "Item": {**self._key(code, ATTEMPT_PREFIX + attempt_id),
                          "attemptId": _s(attempt_id), "origin": _s("callback"),
                          "status": _s(ruling.status), "businessId": _s(business_id),
-                         "createdAt": _n(now), "updatedAt": _n(now)},
+                         "createdAt": _n(now), "updatedAt": _n(now),
+                         **({"auditType": sets_audit_type} if sets_audit_type else {})},
                 "ConditionExpression": "attribute_not_exists(sk)"}})
         if head is not None and current != head["attemptId"]:
             items.extend(self._superseded(code, head, current, now))

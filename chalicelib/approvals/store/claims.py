@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from chalicelib.approvals import states
 from chalicelib.approvals.store.base import (
-    _TRIES,
     ATTEMPT_PREFIX,
     CHANGED_BY_ANSWER,
     CHANGED_BY_CANCEL,
@@ -20,6 +19,8 @@ from chalicelib.approvals.store.base import (
     _to_dynamo,
     new_attempt_id,
 )
+from chalicelib.approvals.store.doubt import _doubt_sets, _superseding_doubt
+from chalicelib.approvals.store.retries import _TRIES
 from chalicelib.errors import (
     ApprovalActiveError,
     ApprovalNotFoundError,
@@ -51,7 +52,8 @@ class ClaimStore(StoreBase):
         while its lease runs), ClaimItemRefused when an extra item failed its condition.
         """
         head = self.get_head(code)
-        for _ in range(_TRIES):
+        for tries in range(_TRIES):
+            self._backoff(tries)
             now = self._now_ms()
             if head is not None:
                 _raise_if_blocked(code, head, now)
@@ -90,13 +92,7 @@ class ClaimStore(StoreBase):
         else:
             removes.append(CORRELATION_ID)  # the previous attempt's is not this one's
         if head is not None:
-            in_doubt = states.in_doubt_after_superseding(head["status"], head.get("businessId"),
-                                                  tuple(head.get("inDoubt", ())),
-                                                  head["attemptId"])
-            if in_doubt:
-                sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
-            else:
-                removes.append("inDoubt")
+            _doubt_sets(head, *_superseding_doubt(head), sets, removes)
         items = [
             self._head_update(code, sets, tuple(removes), read=head),
             {"Put": {
@@ -150,7 +146,8 @@ class ClaimStore(StoreBase):
         the transition table) and keep ``attempt_sets`` on its item. Returns False when the
         attempt was not in a status ``event`` may leave; its item gets ``attempt_sets`` then."""
         target = states.target_of(event)
-        for _ in range(_TRIES):
+        for tries in range(_TRIES):
+            self._backoff(tries)
             now = self._now_ms()
             values = {":id": _s(attempt_id)}
             condition = f"attemptId = :id AND {self._status_condition(event, values)}"
@@ -170,8 +167,12 @@ class ClaimStore(StoreBase):
                 if cancelled.conflicted():
                     continue
                 head = _plain(cancelled.old_item(0)) if cancelled.old_item(0) else None
-                if head and head["attemptId"] == attempt_id and head["status"] == target:
-                    return True  # botocore's retry of our own committed write
+                if head and head["attemptId"] == attempt_id and head["status"] == target \
+                        and head.get("changedBy") == changed_by:
+                    # botocore's retry of our own committed write. (Only this use case writes
+                    # ``changed_by`` with this target: an operator's FAILED is not Zeyi's answer,
+                    # which is then kept below.)
+                    return True
                 self._keep_on_attempt(code, attempt_id, event, attempt_sets, head, now)
                 return False
         raise ServiceUnavailableError(f"code {code} is being changed concurrently; try again")
@@ -199,11 +200,10 @@ class ClaimStore(StoreBase):
         if len(in_doubt) == len(head.get("inDoubt", ())):
             return
         sets = {"updatedAt": _n(now), "changedBy": _s(CHANGED_BY_ANSWER)}
-        if in_doubt:
-            sets["inDoubt"] = {"L": [_s(attempt) for attempt in in_doubt]}
+        removes: list[str] = []
+        _doubt_sets(head, tuple(in_doubt), tuple(head.get("owedTerminate", ())), sets, removes)
         try:
-            self._transact([self._head_update(code, sets, () if in_doubt else ("inDoubt",),
-                                              read=head)])
+            self._transact([self._head_update(code, sets, tuple(removes), read=head)])
         except _Cancelled:
             # Moved again meanwhile: the attempt stays in doubt, which only means a late
             # callback of another instance may still be recorded under it.
@@ -219,7 +219,8 @@ class ClaimStore(StoreBase):
         """
         event = {states.FAILED: states.RESOLVE_FAILED,
                  states.TERMINATED: states.RESOLVE_TERMINATED}[status]
-        for _ in range(_TRIES):
+        for tries in range(_TRIES):
+            self._backoff(tries)
             head = self.get_head(code)
             if head is None:
                 raise ApprovalNotFoundError(

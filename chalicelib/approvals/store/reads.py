@@ -1,6 +1,7 @@
 """Reads: the open approvals (a Query of the sparse index, never a Scan) and a code's history."""
 from __future__ import annotations
 
+from chalicelib.approvals import states
 from chalicelib.approvals.store.base import (
     ATTEMPT_PREFIX,
     CALLBACK_PREFIX,
@@ -84,7 +85,7 @@ class ReadStore(StoreBase):
                 if not bodies:
                     item.pop("body", None)
                 callbacks.append(item)
-            elif sk.startswith(INSTANCE_PREFIX):
+            elif sk.startswith(INSTANCE_PREFIX) and item["attemptId"] != states.UNOWNED:
                 owners[sk[len(INSTANCE_PREFIX):]] = item["attemptId"]
         for callback in callbacks:
             callback.setdefault("attemptId", owners.get(callback["businessId"]))
