@@ -191,17 +191,21 @@ def test_same_callback_twice_changes_nothing_the_second_time(gateway):
 
 
 def test_late_callback_never_leaves_a_final_state(gateway):
+    """An agreed approval's own terminate (revoked or deleted in DingTalk) makes it REVOKED,
+    a final status too: a later decision of that instance changes nothing."""
     seed_pending("HT-LATE")
     post_callback(gateway, peer.callback_body(code="HT-LATE", result="agree"))
     status, envelope = post_callback(gateway, peer.callback_body(code="HT-LATE", type="terminate",
                                                                  result=...))
-    assert status == 200 and envelope["result"] == {"status": "AGREED", "disposition": "ignored"}
+    assert status == 200 and envelope["result"] == {"status": "REVOKED", "disposition": "applied"}
+    status, envelope = post_callback(gateway, peer.callback_body(code="HT-LATE", result="refuse"))
+    assert status == 200 and envelope["result"] == {"status": "REVOKED", "disposition": "ignored"}
     record = history(gateway, "HT-LATE")
-    assert record["status"] == "AGREED"
-    assert [c["disposition"] for c in record["callbacks"]] == ["ignored", "applied"]
+    assert record["status"] == "REVOKED"
+    assert [c["disposition"] for c in record["callbacks"]] == ["ignored", "applied", "applied"]
     status, envelope = post_callback(gateway, peer.callback_body(code="HT-LATE", type="terminate",
                                                                  result=...))
-    assert envelope["result"] == {"status": "AGREED", "disposition": "duplicate"}
+    assert envelope["result"] == {"status": "REVOKED", "disposition": "duplicate"}
 
 
 def test_terminate_settles_a_cancelling_approval(gateway):

@@ -443,14 +443,16 @@ def exercise_api_handler(gateway, zeyi, record):
         assert _callback(gateway, token, **finish)["disposition"] == "applied"
         late = dict(code="POL-API", businessId="proc-2", type="finish", result="refuse")
         assert _callback(gateway, token, **late)["disposition"] == "ignored"
-        # An agree for an earlier attempt's instance: that attempt is the current one again.
+        # An agree for an earlier attempt's instance, after its terminate: the two mean a
+        # revocation, whatever their order, so it settles that attempt and the new send's
+        # approval stays as it is.
         revoked = dict(code="POL-OLD", businessId="proc-3", type="terminate", result=None)
         assert _callback(gateway, token, **revoked)["disposition"] == "applied"
         _ok(_http(gateway, "post", "/audit/send",
                   json.dumps(peer.send_body("POL-OLD")).encode())[1])
         agreed = dict(code="POL-OLD", businessId="proc-3", type="finish", result="agree")
-        assert _callback(gateway, token, **agreed) == {"status": "AGREED",
-                                                       "disposition": "applied"}
+        assert _callback(gateway, token, **agreed) == {"status": "PENDING",
+                                                       "disposition": "late"}
         # Files: an upload, a send that links it, the approver's click.
         file_id = _uploaded(gateway)
         _ok(_http(gateway, "post", "/audit/send",

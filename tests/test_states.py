@@ -190,3 +190,17 @@ def test_after_a_failed_send_zeyis_decision_counts(event):
     assert ruling.status == decide_callback(None, "bX", event, None).status
     ruling = decide_callback(head(FAILED, in_doubt=["A0", "A1"]), "bX", event, None)
     assert (ruling.attempt_id, ruling.current) == ("A1", "A1")
+
+
+@pytest.mark.parametrize("bound_status", [s for s in states.STATUSES if s not in states.OPEN])
+@pytest.mark.parametrize("event", [states.AGREE, states.REFUSE, states.TERMINATE])
+@pytest.mark.parametrize("head_status", states.STATUSES)
+def test_an_ended_bound_instance_never_makes_its_attempt_current_again(bound_status, event,
+                                                                       head_status):
+    """Instances are bound to an earlier attempt only once they have ended; their later
+    callbacks settle that attempt alone, so the store never has to move a binding back onto
+    the HEAD (chalicelib/approvals/store/callbacks.py)."""
+    head = states.Head(status=head_status, attempt_id="current", business_id="b-current",
+                       in_doubt=())
+    ruling = states.decide_callback(head, "b-earlier", event, ("earlier", bound_status))
+    assert ruling.current == "current"

@@ -317,7 +317,7 @@ def test_make_demo_runs_every_flow(stack):
     assert '"businessException"' not in result.stdout
     for clumsy in ("try(ies)", "attempt(s)", "callback(s)", "terminate/-"):
         assert clumsy not in result.stdout
-    codes = set(re.findall(r"DEMO-[^ ,:]+", result.stdout))
+    codes = set(re.findall(r"DEMO-\d{6}-[A-Z]\b", result.stdout))
     assert len(codes) == 6 and max(map(len, codes)) <= 15, codes
     lines = result.stdout.splitlines()
     cancel = next(code for code in codes if code.endswith("-C"))

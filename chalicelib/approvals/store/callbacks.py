@@ -218,15 +218,11 @@ class CallbackStore(StoreBase):
             if attempt_id is not None and attempt_id != current:
                 items.append(self._instance_put(code, business_id, attempt_id,
                                                 ruling.attempt_status, now))
-            elif bound_to is not None:
-                # Its attempt is current again: the HEAD holds the binding from now on.
-                items.append({"Delete": {
-                    "TableName": self._approvals,
-                    "Key": self._key(code, INSTANCE_PREFIX + business_id),
-                    "ConditionExpression": "attemptId = :attempt",
-                    "ExpressionAttributeValues": {":attempt": _s(attempt_id)}}})
-            else:
+            elif bound_to is None:
                 items.append(self._instance_unbound(code, business_id))
+            # A bound instance never makes its attempt current again: instances are bound once
+            # they have ended, and an ended instance's later callback settles only its own
+            # attempt (states._earlier_instance; tests/test_states.py pins it).
         if ruling.attempt_id == states.NEW_ATTEMPT:
             audit: dict = {}
             _set_audit_type(audit, [], callback.audit_type)
