@@ -636,8 +636,10 @@ def test_terminate_after_agree_on_the_current_instance(make_simulator, gateway):
     answer = control(simulator, "POST", "approvals/HT-1/terminate?waitSeconds=10").json()
     assert answer["status"] == "AGREED"
     assert [json.loads(c["raw"])["type"] for c in gateway.callbacks()] == ["finish", "terminate"]
-    # AGREED still blocks a new send at Zeyi: the decision did not change.
-    assert_refused(call(simulator.url, SEND, send_body()), "APPROVAL_ACTIVE", business=True)
+    # Zeyi keeps its decision, but a revoked agreement no longer holds the code (at most one
+    # agreed-or-in-progress approval per code): the code may be sent again, as the gateway's
+    # REVOKED allows.
+    assert call(simulator.url, SEND, send_body()).json()["success"] is True
 
 
 @pytest.mark.parametrize(("first", "then"), [
@@ -847,3 +849,4 @@ def test_control_posts_from_another_site_are_refused(make_simulator):
 def test_health_names_the_gateway(make_simulator, gateway):
     simulator = make_simulator(gateway_url=gateway.url)
     assert control(simulator, "GET", "health").json()["gatewayUrl"] == gateway.url
+

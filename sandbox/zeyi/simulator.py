@@ -196,7 +196,9 @@ class ZeyiSimulator:
         code = body["code"]
         with self._lock:
             current = self._current(code)
-            if current is not None and current.status in ACTIVE:
+            # An agreed approval revoked or deleted in DingTalk no longer holds its code (Zeyi's
+            # rule counts agreed-or-in-progress approvals; the gateway's REVOKED frees it too).
+            if current is not None and current.status in ACTIVE and not current.revocations:
                 raise BusinessRefusal(
                     "APPROVAL_ACTIVE",
                     f"同一编号最多只能有1个审核通过或审核中的审批: code {code} already has an"
@@ -250,7 +252,8 @@ class ZeyiSimulator:
 
         A PENDING instance takes any decision. An instance that ended (AGREED or REFUSED) can
         still be terminated, as DingTalk lets an ended instance be revoked or deleted: Zeyi
-        sends a ``terminate`` callback and keeps its own decision.
+        sends a ``terminate`` callback and keeps its own decision, and a revoked agreement no
+        longer holds the code.
         Raises KeyError when there is no such instance, BusinessRefusal when the decision is not
         possible in the instance's state, ValueError for an unknown action.
         """
