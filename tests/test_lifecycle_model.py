@@ -40,7 +40,8 @@ After every step:
   previousStatus is the status before it), and a consumer following the ordering contract acts on
   every status change exactly once and ends on the record's status, whatever the delivery order.
 
-``make test`` runs the default profile (300 examples); ``HYPOTHESIS_PROFILE=deep`` runs thousands
+``make test`` runs the default profile (300 examples, in 3 shards that pytest-xdist's workers
+share); ``HYPOTHESIS_PROFILE=deep`` runs thousands
 with longer histories (LIFECYCLE_EXAMPLES and LIFECYCLE_STEPS override either).
 """
 from __future__ import annotations
@@ -590,10 +591,16 @@ class Lifecycle(RuleBasedStateMachine):
         self._consume(all_events, list(reversed(delivered)) + delivered[:1])
 
 
+# The examples run as independent shards, so that make test's workers share them instead of
+# one worker running them all while the others wait (the model test was the run's longest path).
+SHARDS = int(os.environ.get("LIFECYCLE_SHARDS", "3"))
+
+
 @pytest.mark.timeout(1800)
-def test_the_record_follows_zeyi_in_every_order(aws_env):
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_the_record_follows_zeyi_in_every_order(aws_env, shard):
     Lifecycle.TestCase.settings = settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+        max_examples=-(-EXAMPLES // SHARDS), stateful_step_count=STEPS, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                HealthCheck.data_too_large])
     Lifecycle.TestCase().runTest()
