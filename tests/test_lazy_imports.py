@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Each test imports the app in a fresh interpreter of its own.
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 ON_FIRST_USE = ("chalicelib.approvals.events", "chalicelib.approvals.stuck",
                 "chalicelib.approvals.outbound", "chalicelib.protocol.zeyi_client",
