@@ -68,16 +68,20 @@ def dead_letter(first: dict, last: dict) -> str:
     return url
 
 
-def test_a_dead_letter_is_replayed_whole_across_empty_pages(aws_env, subscriber):
+def two_claims_in_one_dead_letter(*codes: str) -> str:
+    """Claim ``codes`` and put the batch of their two HEAD records in the DLQ; the queue's URL."""
     store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
-    for code in ("RD-1", "RD-2"):
+    for code in codes:
         store.claim(code, {"code": code, "auditType": "CONTRACT"}, 120)
     shard = aws.client("dynamodbstreams").describe_stream(
         StreamArn=stream_arn(APPROVALS_TABLE))["StreamDescription"]["Shards"][0]["ShardId"]
     heads = [dict(r, shard=shard) for r in stream_records(APPROVALS_TABLE)
              if r["dynamodb"]["Keys"]["sk"]["S"] == "HEAD"]
-    first, second = heads[-2], heads[-1]
-    url = dead_letter(first, second)
+    return dead_letter(heads[-2], heads[-1])
+
+
+def test_a_dead_letter_is_replayed_whole_across_empty_pages(aws_env, subscriber):
+    url = two_claims_in_one_dead_letter("RD-1", "RD-2")
     streams = SparseStream(aws.client("dynamodbstreams"), empty=3)
     lines: list[str] = []
     replayed, left = replay_dead_letters(aws.client("sqs"), streams, aws.client("events"),
@@ -93,14 +97,7 @@ def test_a_dead_letter_whose_records_cannot_all_be_read_stays_in_the_queue(aws_e
                                                                            monkeypatch):
     import ops.events
 
-    store = DynamoDBApprovalStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
-    for code in ("RD-3", "RD-4"):
-        store.claim(code, {"code": code, "auditType": "CONTRACT"}, 120)
-    shard = aws.client("dynamodbstreams").describe_stream(
-        StreamArn=stream_arn(APPROVALS_TABLE))["StreamDescription"]["Shards"][0]["ShardId"]
-    heads = [dict(r, shard=shard) for r in stream_records(APPROVALS_TABLE)
-             if r["dynamodb"]["Keys"]["sk"]["S"] == "HEAD"]
-    url = dead_letter(heads[-2], heads[-1])
+    url = two_claims_in_one_dead_letter("RD-3", "RD-4")
     monkeypatch.setattr(ops.events, "_MAX_PAGES", 4)  # the second record is 4 empty pages away
     lines: list[str] = []
     replayed, left = replay_dead_letters(aws.client("sqs"),
