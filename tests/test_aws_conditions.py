@@ -286,3 +286,109 @@ def test_an_unknown_instances_revocation_never_ends_the_current_attempt(store, c
     unknown = [c for c in store.history("AC-13")["callbacks"]
                if c["businessId"] == second.business_id]
     assert [c["attemptId"] for c in unknown] == [None, None]
+
+
+# -- found by the model test: what Zeyi's rules tell apart ------------------------------------------
+
+def test_an_outside_refusal_while_cancelling_leaves_the_cancelled_attempt_owed_its_terminate(
+        store, model):
+    # Zeyi accepted the cancel, so the cancelled instance's decision is the terminate on its way:
+    # a refusal arriving meanwhile is another instance's, and that terminate, however late,
+    # never ends the next attempt.
+    cancelled = send(store, model, "AC-14")["result"]["attemptId"]
+    cancel(store, model, "AC-14")
+    [terminate] = model.owed
+    model.owed.clear()  # delayed
+    outside = model.create_elsewhere("AC-14")
+    refused = deliver(store, model.decide(outside, "refuse"))
+    assert (refused.disposition, refused.status) == ("applied", "REFUSED")
+    nxt = send(store, model, "AC-14")["result"]["attemptId"]
+    late = deliver(store, terminate)
+    assert (late.disposition, late.status) == ("late", "PENDING")
+    assert head(store, "AC-14")["attemptId"] == nxt
+    owners = {c["businessId"]: c["attemptId"] for c in store.history("AC-14")["callbacks"]}
+    assert owners[terminate.business_id] == cancelled
+    assert owners[outside.business_id] not in (cancelled, nxt)
+
+
+def test_an_agreement_after_a_revocation_holds_the_code_whichever_callback_comes_first(
+        store, model):
+    # An agreed instance blocks every later approval of the code, so of two agreed instances the
+    # later one exists only because the earlier was revoked: the one still agreed holds the code.
+    send(store, model, "AC-15")
+    first = model.latest("AC-15")
+    assert deliver(store, model.decide(first, "agree")).status == "AGREED"
+    revocation = model.decide(first, "terminate")   # delivered late (throttled, retried)
+    outside = model.create_elsewhere("AC-15")
+    second = deliver(store, model.decide(outside, "agree"), audit_type="PAYMENT")
+    assert second.status == "AGREED"
+    late = deliver(store, revocation)
+    assert (late.disposition, late.status) == ("applied", "AGREED")
+    now = head(store, "AC-15")
+    assert (now["status"], now["businessId"], now["auditType"]) == ("AGREED",
+                                                                    outside.business_id,
+                                                                    "PAYMENT")
+    # Its own revocation then frees the code.
+    assert deliver(store, model.decide(outside, "terminate")).status == "REVOKED"
+
+
+def test_an_earlier_agreement_arriving_late_never_takes_the_code_from_the_later_one(store, model):
+    send(store, model, "AC-16")
+    first = model.latest("AC-16")
+    agreement = model.decide(first, "agree")          # both delivered late
+    revocation = model.decide(first, "terminate")
+    outside = model.create_elsewhere("AC-16")
+    deliver(store, model.decide(outside, "agree"))    # taken for the send's own instance
+    assert deliver(store, agreement).status == "AGREED"
+    assert deliver(store, revocation).status == "AGREED"
+    assert head(store, "AC-16")["businessId"] == outside.business_id
+    assert deliver(store, model.decide(outside, "terminate")).status == "REVOKED"
+
+
+def test_two_revoked_agreements_leave_the_code_revoked_in_any_order(store, model):
+    send(store, model, "AC-17")
+    first = model.latest("AC-17")
+    deliver(store, model.decide(first, "agree"))
+    revocation = model.decide(first, "terminate")
+    outside = model.create_elsewhere("AC-17")
+    deliver(store, model.decide(outside, "agree"))
+    deliver(store, model.decide(outside, "terminate"))
+    assert deliver(store, revocation).status == "REVOKED"
+    assert send(store, model, "AC-17")["result"]["status"] == "PENDING"  # the code is free
+
+
+class RulingRace(DynamoDBApprovalStore):
+    """The real store, running ``between`` once between a callback's read of the HEAD and its
+    write (another container's callback, say)."""
+
+    between = None
+
+    def _ruled_head(self, *args, **kwargs):
+        if self.between is not None:
+            between, self.between = self.between, None
+            between()
+        return super()._ruled_head(*args, **kwargs)
+
+
+def test_two_waiting_agreements_written_at_once_both_wait_for_the_revocations(aws_env, clock,
+                                                                              model):
+    # Three agreed instances, each revoked before the next began; the agreements arrive first,
+    # and two of them race in two containers: neither may drop the other from agreedElsewhere.
+    store = RulingRace(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE, clock=clock,
+                       sleep=Sleeps())
+    send(store, model, "AC-18")
+    revocations = []
+    agreements = []
+    for _ in range(3):
+        instance = model.latest("AC-18") if not agreements else model.create_elsewhere("AC-18")
+        agreements.append(model.decide(instance, "agree"))
+        revocations.append(model.decide(instance, "terminate"))
+    held = model.create_elsewhere("AC-18")
+    agreements.append(model.decide(held, "agree"))
+    deliver(store, agreements[0])
+    deliver(store, agreements[1])
+    store.between = lambda: deliver(store, agreements[3])
+    deliver(store, agreements[2])
+    for revocation in revocations:
+        assert deliver(store, revocation).status == "AGREED"
+    assert head(store, "AC-18")["businessId"] == held.business_id

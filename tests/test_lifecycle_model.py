@@ -603,15 +603,5 @@ def test_the_record_follows_zeyi_in_every_order(aws_env, shard):
         max_examples=-(-EXAMPLES // SHARDS), stateful_step_count=STEPS, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                HealthCheck.data_too_large])
-    try:
-        Lifecycle.TestCase().runTest()
-    except AssertionError as failure:
-        # Found on 2026-12-06 and not fixed yet (issue 17 stays open): after an agreed instance
-        # is revoked, an instance created outside the gateway agrees, and with throttled
-        # callbacks redelivered and later sends in between, the record stays REVOKED where the
-        # oracle wants AGREED. Only this known case is let through, so every other failure of
-        # the model still fails the run.
-        if not str(failure).startswith("('REVOKED', {'AGREED'})"):
-            raise
-        pytest.xfail("known: REVOKED kept where an outside instance's agreement should win")
+    Lifecycle.TestCase().runTest()
     print(f"lifecycle model: {_examples_run} examples run, all passed", file=sys.stderr)

@@ -21,7 +21,6 @@ from chalicelib.approvals.states import (
     SUBMITTING,
     TERMINATE,
     TERMINATED,
-    UNKNOWN_INSTANCE,
     Head,
     decide_callback,
 )
@@ -31,8 +30,11 @@ def test_every_status_is_reachable_and_only_open_ones_take_a_first_callback():
     reachable = {*states.TRANSITIONS.values(), *states.SAME_INSTANCE.values()}
     assert reachable == set(states.STATUSES)
     for event in states.CALLBACK_EVENTS:
-        assert states.allowed_from(event) >= states.OPEN
+        assert states.allowed_from(event) >= {SUBMITTING, PENDING}
         assert states.allowed_from(event) - states.OPEN <= {TERMINATED}
+    # A CANCELLING attempt's instance is being terminated for the cancel Zeyi accepted.
+    assert CANCELLING in states.allowed_from(TERMINATE)
+    assert CANCELLING not in states.allowed_from(AGREE) | states.allowed_from(REFUSE)
 
 
 @pytest.mark.parametrize("status, event, expected", [
@@ -42,7 +44,7 @@ def test_every_status_is_reachable_and_only_open_ones_take_a_first_callback():
     (PENDING, states.CANCEL_ACCEPTED, CANCELLING),
     (SUBMITTING, states.CANCEL_ACCEPTED, None),
     (CANCELLING, TERMINATE, TERMINATED),
-    (CANCELLING, AGREE, AGREED),
+    (CANCELLING, AGREE, None),      # another instance's: decide_callback
     (AGREED, TERMINATE, None),      # another instance's terminate: see SAME_INSTANCE
     (REFUSED, AGREE, None),
     (TERMINATED, AGREE, AGREED),    # an instance the code has not heard of (an operator's)
@@ -96,10 +98,22 @@ def test_a_code_never_seen_gets_an_attempt_of_its_own():
                                                                       TERMINATED)
 
 
-@pytest.mark.parametrize("status", sorted(states.OPEN))
+@pytest.mark.parametrize("status", [SUBMITTING, PENDING])
 def test_the_first_instance_an_open_attempt_hears_of_is_its_own(status):
     ruling = decide_callback(head(status), "b2", REFUSE, None)
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", REFUSED)
+
+
+def test_a_cancelling_attempts_instance_is_the_one_that_terminates():
+    ruling = decide_callback(head(CANCELLING), "b2", TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, "A2", TERMINATED)
+    # Zeyi accepted its cancel, so its instance was in progress and is being terminated: a
+    # finish meanwhile is another instance's, the code's latest, on an attempt of its own (A2
+    # is then superseded while CANCELLING, so it stays owed its terminate).
+    for event, status in ((REFUSE, REFUSED), (AGREE, AGREED)):
+        ruling = decide_callback(head(CANCELLING), "bX", event, None)
+        assert (ruling.disposition, ruling.attempt_id, ruling.current, ruling.status) == (
+            APPLIED, NEW_ATTEMPT, NEW_ATTEMPT, status)
 
 
 def test_an_agreed_instances_own_terminate_revokes_it_in_either_order():
@@ -127,27 +141,39 @@ def test_a_terminate_goes_to_the_attempt_in_doubt_that_is_owed_one():
     assert decide_callback(settled, "bX", TERMINATE, None).attempt_id == "A2"
 
 
-def test_an_instance_of_an_earlier_attempt_never_moves_the_code_unless_it_agrees():
+def test_an_instance_of_an_earlier_attempt_settles_that_attempt_alone():
     ruling = decide_callback(head(PENDING), "b1", TERMINATE, ("A1", REFUSED))
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (IGNORED, "A1", PENDING)
     ruling = decide_callback(head(PENDING), "b1", REFUSE, ("A1", TERMINATED))
     assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REFUSED, PENDING)
     assert ruling.warning is None
-    # Agreed is always the code's latest instance: its attempt is the current one again.
-    ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", CANCELLING))
-    assert (ruling.disposition, ruling.current, ruling.status) == (APPLIED, "A1", AGREED)
-    assert ruling.warning is None
-    # ... unless it was revoked since: its terminate came first.
+    # Its agree after its terminate: it was agreed, then revoked.
     ruling = decide_callback(head(REFUSED, business_id="b2"), "b1", AGREE, ("A1", TERMINATED))
     assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REVOKED,
                                                                           REFUSED)
     ruling = decide_callback(head(PENDING, business_id="b2"), "b1", TERMINATE, ("A1", AGREED))
     assert (ruling.disposition, ruling.attempt_status, ruling.status) == (LATE, REVOKED,
                                                                           PENDING)
-    # Two agreed instances cannot both be the latest: recorded, and said.
-    ruling = decide_callback(head(AGREED, business_id="b2"), "b1", AGREE, ("A1", CANCELLING))
-    assert (ruling.disposition, ruling.status) == (LATE, AGREED)
+
+
+def test_of_two_agreed_instances_the_one_not_revoked_holds_the_code():
+    # Zeyi starts no approval of a code while one is agreed: one of the two was revoked first.
+    # The second waits on an attempt of its own, and the first revocation decides.
+    ruling = decide_callback(head(AGREED, business_id="b1"), "b2", AGREE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.current, ruling.status,
+            ruling.attempt_status) == (LATE, NEW_ATTEMPT, "A2", AGREED, AGREED)
     assert ruling.warning == "a second agreed instance for one code"
+    waiting = Head(status=AGREED, attempt_id="A2", business_id="b1", agreed_elsewhere=("A3",))
+    ruling = decide_callback(waiting, "b1", TERMINATE, None)
+    assert (ruling.disposition, ruling.attempt_id, ruling.attempt_status, ruling.current,
+            ruling.status) == (APPLIED, "A2", REVOKED, "A3", AGREED)
+    # The waiting one revoked first: it settles its own attempt, and the code stays AGREED.
+    ruling = decide_callback(waiting, "b2", TERMINATE, ("A3", AGREED))
+    assert (ruling.disposition, ruling.attempt_id, ruling.attempt_status, ruling.status) == (
+        LATE, "A3", REVOKED, AGREED)
+    # With none waiting, a revocation frees the code.
+    assert decide_callback(head(AGREED, business_id="b1"), "b1", TERMINATE, None).status \
+        == REVOKED
 
 
 def test_an_unknown_instance_while_the_current_attempt_has_its_own_is_only_recorded():
@@ -176,9 +202,8 @@ def test_an_agreed_instance_no_send_created_still_counts():
     assert (ruling.disposition, ruling.attempt_id, ruling.status) == (APPLIED, NEW_ATTEMPT,
                                                                       AGREED)
     assert ruling.warning == "an agreed instance the gateway never sent"
-    ruling = decide_callback(head(AGREED, business_id="b2"), "bX", AGREE, None)
-    assert ruling.disposition == UNKNOWN_INSTANCE
-    assert ruling.warning == "a second agreed instance for one code"
+    assert decide_callback(head(AGREED, business_id="b2"), "bX", AGREE, None).disposition \
+        == LATE  # a second agreed instance: above
 
 
 @pytest.mark.parametrize("event", states.CALLBACK_EVENTS)

@@ -70,7 +70,12 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (SUBMITTING, ACCEPTED): PENDING,
     (SUBMITTING, REJECTED): FAILED,
     (PENDING, CANCEL_ACCEPTED): CANCELLING,
-    **{(status, event): decision for status in OPEN for event, decision in _DECISIONS.items()},
+    **{(status, event): decision for status in (SUBMITTING, PENDING)
+       for event, decision in _DECISIONS.items()},
+    # Zeyi accepted the cancel, so the instance was in progress and DingTalk ended it: its
+    # decision is the terminate on its way. An agree or a refuse meanwhile is another instance's
+    # (decide_callback), and this attempt stays owed its terminate.
+    (CANCELLING, TERMINATE): TERMINATED,
     # One instance can be finished and then revoked or deleted (a terminate callback), never
     # terminated and then finished: a finish that arrives after its instance's terminate came
     # first at Zeyi, and is the instance's decision.
@@ -153,7 +158,7 @@ def owed_terminate_after_superseding(status: str, business_id: str | None,
 APPLIED = "applied"            # moved the code's status
 DUPLICATE = "duplicate"        # this very callback was recorded before
 IGNORED = "ignored"            # its instance had already ended: recorded only
-LATE = "late"                  # settles an earlier attempt; the code's status stays
+LATE = "late"                  # settles an attempt that is not current; the status stays
 UNKNOWN_INSTANCE = "unknown_instance"  # no attempt can own it: recorded only, and a warning
 NEW_ATTEMPT = "new"            # Ruling.attempt_id: an attempt the callback itself creates
 # The "attempt" an instance recorded as unknown_instance is bound to, so that its later
@@ -170,6 +175,9 @@ class Head:
     business_id: str | None = None
     in_doubt: tuple[str, ...] = ()
     owed_terminate: tuple[str, ...] = ()  # those of in_doubt whose instance was terminated
+    # Attempts of other agreed instances heard of while this one was AGREED: one of the two was
+    # revoked before the other was started, and its terminate is on its way.
+    agreed_elsewhere: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,10 @@ def decide_callback(head: Head | None, business_id: str, event: str,
         after = next_status_of_instance(head.status, event)
         if after is None:
             return Ruling(IGNORED, head.attempt_id, head.attempt_id, head.status)
+        if after == REVOKED and head.agreed_elsewhere:
+            # The other agreed instance is the later one: it holds the code now.
+            return Ruling(APPLIED, head.attempt_id, head.agreed_elsewhere[-1], AGREED,
+                          attempt_status=REVOKED)
         return Ruling(APPLIED, head.attempt_id, head.attempt_id, after)
     if bound_to is not None and bound_to[0] == UNOWNED:
         # An instance no attempt could own has called back before: this is its own later
@@ -232,7 +244,10 @@ def decide_callback(head: Head | None, business_id: str, event: str,
     if head.business_id is not None:
         # The current attempt is bound to another instance.
         if agreed and head.status == AGREED:
-            return Ruling(UNKNOWN_INSTANCE, None, head.attempt_id, head.status,
+            # Zeyi starts no approval of a code while one is agreed, so one of the two was
+            # revoked before the other began; whichever revocation comes decides which holds
+            # the code. Until then this one waits on an attempt of its own (agreed_elsewhere).
+            return Ruling(LATE, NEW_ATTEMPT, head.attempt_id, AGREED, attempt_status=AGREED,
                           warning="a second agreed instance for one code")
         if agreed and head.in_doubt:
             # The agreed instance is the latest, so the instance bound before came from an
@@ -247,9 +262,11 @@ def decide_callback(head: Head | None, business_id: str, event: str,
                           warning="an agreed instance the gateway never sent")
         return Ruling(UNKNOWN_INSTANCE, None, head.attempt_id, head.status,
                       warning="an instance no attempt of this code can own")
-    # The current attempt created nothing at Zeyi (FAILED, or closed by an operator). Zeyi's
-    # refusal of it may have been for this very instance, which is then the code's latest: it
-    # belongs to the newest attempt in doubt, or to an attempt of its own (Zeyi's, not ours).
+    # The current attempt created nothing at Zeyi (FAILED, or closed by an operator), or its
+    # instance is being terminated for its accepted cancel (CANCELLING: an agree or a refuse is
+    # another instance's). Zeyi's refusal of a send may have been for this very instance, which
+    # is then the code's latest: it belongs to the newest attempt in doubt, or to an attempt of
+    # its own (Zeyi's, not ours). A CANCELLING attempt superseded so stays owed its terminate.
     if head.in_doubt:
         return Ruling(APPLIED, head.in_doubt[-1], head.in_doubt[-1], decision,
                       attempt_status=decision)
@@ -257,12 +274,10 @@ def decide_callback(head: Head | None, business_id: str, event: str,
 
 
 def _earlier_instance(head: Head, event: str, attempt_id: str, status: str) -> Ruling:
-    """A callback of an instance bound to an earlier attempt: it settles that attempt, and the
-    code only when it agrees (an agreed instance is the code's latest, whatever came since)."""
+    """A callback of an instance bound to an earlier attempt. Instances are bound only once they
+    have ended (or agreed), so this is a revocation, or the finish of one whose terminate came
+    first: it settles that attempt alone."""
     after = next_status_of_instance(status, event)
     if after is None:
         return Ruling(IGNORED, attempt_id, head.attempt_id, head.status)
-    if after == AGREED and head.status != AGREED:
-        return Ruling(APPLIED, attempt_id, attempt_id, AGREED, attempt_status=AGREED)
-    return Ruling(LATE, attempt_id, head.attempt_id, head.status, attempt_status=after,
-                  warning="a second agreed instance for one code" if after == AGREED else None)
+    return Ruling(LATE, attempt_id, head.attempt_id, head.status, attempt_status=after)

@@ -7,9 +7,11 @@ Layout (table ``approvals``, key ``code`` + ``sk``; every read of one code is on
   ``leaseExpiresAt`` (SUBMITTING and CANCELLING), ``inDoubt`` (earlier
   attempts superseded before Zeyi's answer or callback was heard: they may own an instance the
   gateway has not seen), ``owedTerminate`` (those of them superseded while CANCELLING, see
-  ``doubt``), ``lastCallback`` (what the latest callback said, previews only),
-  ``changedBy`` and ``version``. Every write of the HEAD bumps ``version``, so a write that read
-  the HEAD first conditions on exactly what it read, and ``version`` orders the code's changes.
+  ``doubt``), ``agreedElsewhere`` (attempts of a second agreed instance, waiting for a
+  revocation to tell which holds the code), ``lastCallback`` (what the latest callback said,
+  previews only), ``changedBy`` and ``version``. Every write of the HEAD bumps ``version``, so a
+  write that read the HEAD first conditions on exactly what it read, and ``version`` orders the
+  code's changes.
 - ``ATTEMPT#<attemptId>``: one per send (or per callback that creates an attempt): the request,
   Zeyi's answer as raw text, and, once it is no longer current, the status it ended with and its
   instance. The current attempt's live status is the HEAD's.
@@ -316,17 +318,20 @@ class StoreBase:
             "ExpressionAttributeValues": {":attempt": _s(attempt_id)},
         }}
 
-    def _superseded(self, code: str, head: dict, by: str, now: int) -> list[dict]:
-        """The attempt that was current keeps the status it ended with, and its instance (if
-        a callback named one) is bound to it from now on."""
-        sets = {"status": _s(head["status"]), "supersededBy": _s(by)}
+    def _superseded(self, code: str, head: dict, by: str, now: int,
+                    status: str | None = None) -> list[dict]:
+        """The attempt that was current keeps the status it ended with (``status`` when the
+        superseding callback is its own), and its instance (if a callback named one) is bound
+        to it from now on."""
+        status = status or head["status"]
+        sets = {"status": _s(status), "supersededBy": _s(by)}
         if head.get("leaseExpiresAt") is not None:
             sets["leaseExpiresAt"] = _n(head["leaseExpiresAt"])
         items = []
         if head.get("businessId"):
             sets["businessId"] = _s(head["businessId"])
             items.append(self._instance_put(code, head["businessId"], head["attemptId"],
-                                            head["status"], now))
+                                            status, now))
         items.append(self._attempt_update(code, head["attemptId"], sets, now))
         return items
 
@@ -355,7 +360,8 @@ class StoreBase:
 
 
 # What states.decide_callback reads of the HEAD.
-_RULED_FIELDS = ("status", "attemptId", "businessId", "inDoubt", "owedTerminate")
+_RULED_FIELDS = ("status", "attemptId", "businessId", "inDoubt", "owedTerminate",
+                 "agreedElsewhere")
 
 
 def _set_audit_type(sets: dict, removes: list[str], audit_type: object) -> None:
@@ -378,7 +384,8 @@ def _head_view(head: dict | None) -> states.Head | None:
     return states.Head(status=head["status"], attempt_id=head["attemptId"],
                        business_id=head.get("businessId"),
                        in_doubt=tuple(head.get("inDoubt", ())),
-                       owed_terminate=tuple(head.get("owedTerminate", ())))
+                       owed_terminate=tuple(head.get("owedTerminate", ())),
+                       agreed_elsewhere=tuple(head.get("agreedElsewhere", ())))
 
 
 

@@ -165,7 +165,7 @@ class CallbackStore(StoreBase):
         if ruling.disposition == states.APPLIED and attempt_id == current:
             sets["businessId"] = _s(callback.business_id)
         new_attempt_removes: list[str] = []
-        if ruling.attempt_id == states.NEW_ATTEMPT:
+        if ruling.current == states.NEW_ATTEMPT:
             _set_audit_type(sets, new_attempt_removes, callback.audit_type)
         if head is None:
             return self._head_update(callback.code, sets)
@@ -175,14 +175,20 @@ class CallbackStore(StoreBase):
             in_doubt, owed = _superseding_doubt(head)
         settled = {attempt_id, current, ruling.displaced[1] if ruling.displaced else None}
         in_doubt = tuple(attempt for attempt in in_doubt if attempt not in settled)
+        # An agreed instance's attempt waits here until its own revocation settles it or the
+        # current one's makes it current (states.Head.agreed_elsewhere).
+        elsewhere = tuple(attempt for attempt in head.get("agreedElsewhere", ())
+                          if attempt not in settled)
+        if ruling.attempt_id == states.NEW_ATTEMPT and ruling.current != states.NEW_ATTEMPT:
+            elsewhere = (*elsewhere, attempt_id)[-states.IN_DOUBT_MAX:]
         removes = (["leaseExpiresAt"] if "status" in sets else []) + new_attempt_removes
-        if current != head["attemptId"] and ruling.attempt_id != states.NEW_ATTEMPT:
+        if current != head["attemptId"] and ruling.current != states.NEW_ATTEMPT:
             # An earlier attempt is current again: the HEAD describes it, not the one it
             # superseded (the approval events route on its auditType).
             self._describe_attempt(callback.code, current, sets, removes)
         elif current != head["attemptId"]:
             removes.append(CORRELATION_ID)
-        _doubt_sets(head, in_doubt, owed, sets, removes)
+        _doubt_sets(head, in_doubt, owed, sets, removes, elsewhere)
         return self._head_update(callback.code, sets, tuple(removes), ruled_on=head)
 
     def _describe_attempt(self, code: str, attempt_id: str, sets: dict,
@@ -195,6 +201,8 @@ class CallbackStore(StoreBase):
         attempt = _plain(item) if item else {}
         request = attempt.get("request") if isinstance(attempt.get("request"), dict) else {}
         _set_audit_type(sets, removes, attempt.get("auditType") or request.get("auditType"))
+        if "businessId" not in sets and isinstance(attempt.get("businessId"), str):
+            sets["businessId"] = _s(attempt["businessId"])  # made current by another's callback
         if isinstance(attempt.get(CORRELATION_ID), str):
             sets[CORRELATION_ID] = _s(attempt[CORRELATION_ID])
         else:
@@ -223,7 +231,8 @@ class CallbackStore(StoreBase):
             # A bound instance never makes its attempt current again: instances are bound once
             # they have ended, and an ended instance's later callback settles only its own
             # attempt (states._earlier_instance; tests/test_states.py pins it).
-        if ruling.attempt_id == states.NEW_ATTEMPT:
+        new_item = ruling.attempt_id == states.NEW_ATTEMPT
+        if new_item:
             audit: dict = {}
             _set_audit_type(audit, [], callback.audit_type)
             sets_audit_type = audit.get("auditType")
@@ -231,13 +240,19 @@ class CallbackStore(StoreBase):
                 "TableName": self._approvals,
                 "Item": {**self._key(code, ATTEMPT_PREFIX + attempt_id),
                          "attemptId": _s(attempt_id), "origin": _s("callback"),
-                         "status": _s(ruling.status), "businessId": _s(business_id),
+                         "status": _s(ruling.attempt_status or ruling.status),
+                         "businessId": _s(business_id),
                          "createdAt": _n(now), "updatedAt": _n(now),
                          **({"auditType": sets_audit_type} if sets_audit_type else {})},
                 "ConditionExpression": "attribute_not_exists(sk)"}})
-        if head is not None and current != head["attemptId"]:
-            items.extend(self._superseded(code, head, current, now))
-        if ruling.attempt_status is not None:
+        superseded = head is not None and current != head["attemptId"]
+        # The superseded attempt may be the one this callback settles (its instance revoked).
+        settles_superseded = superseded and attempt_id == head["attemptId"]
+        if superseded:
+            items.extend(self._superseded(code, head, current, now,
+                                          status=ruling.attempt_status if settles_superseded
+                                          else None))
+        if ruling.attempt_status is not None and not new_item and not settles_superseded:
             items.append(self._attempt_update(code, attempt_id, {
                 "status": _s(ruling.attempt_status), "businessId": _s(business_id)}, now))
         if ruling.displaced is not None:

@@ -1,7 +1,9 @@
-"""What the HEAD keeps of attempts that may own an instance the gateway has not heard from:
-``inDoubt``, and ``owedTerminate`` (those of them superseded while CANCELLING, whose instance's
-decision is the terminate of the cancel Zeyi accepted). Both are lists of attempt ids, the second
-always a subset of the first, and both are read by the callback rules (states.Head)."""
+"""What the HEAD keeps of attempts that are not current but may still change the code:
+``inDoubt`` (they may own an instance the gateway has not heard from), ``owedTerminate`` (those of
+them superseded while CANCELLING, whose instance's decision is the terminate of the cancel Zeyi
+accepted) and ``agreedElsewhere`` (another agreed instance's, while the current one is AGREED).
+All are lists of attempt ids, the second always a subset of the first, and all are read by the
+callback rules (states.Head)."""
 from __future__ import annotations
 
 from chalicelib.approvals import states
@@ -9,10 +11,13 @@ from chalicelib.approvals.store.base import _s
 
 
 def _doubt_sets(head: dict, in_doubt: tuple[str, ...], owed: tuple[str, ...], sets: dict,
-                removes: list[str]) -> None:
-    """Write ``inDoubt`` and ``owedTerminate`` (a subset of it) where they changed."""
-    for name, value in (("inDoubt", in_doubt),
-                        ("owedTerminate", tuple(a for a in owed if a in in_doubt))):
+                removes: list[str], agreed_elsewhere: tuple[str, ...] | None = None) -> None:
+    """Write ``inDoubt``, ``owedTerminate`` (a subset of it) and ``agreedElsewhere`` (unless
+    None) where they changed."""
+    lists = [("inDoubt", in_doubt), ("owedTerminate", tuple(a for a in owed if a in in_doubt))]
+    if agreed_elsewhere is not None:
+        lists.append(("agreedElsewhere", agreed_elsewhere))
+    for name, value in lists:
         if value == tuple(head.get(name, ())):
             continue
         if value:
