@@ -378,17 +378,6 @@ def new_attempt_id(now_ms: int) -> str:
     return f"{now_ms:013d}-{secrets.token_hex(4)}"
 
 
-def _head_view(head: dict | None) -> states.Head | None:
-    if head is None:
-        return None
-    return states.Head(status=head["status"], attempt_id=head["attemptId"],
-                       business_id=head.get("businessId"),
-                       in_doubt=tuple(head.get("inDoubt", ())),
-                       owed_terminate=tuple(head.get("owedTerminate", ())),
-                       agreed_elsewhere=tuple(head.get("agreedElsewhere", ())))
-
-
-
 def _to_dynamo(value) -> dict:
     from boto3.dynamodb.types import TypeSerializer
 

@@ -16,7 +16,6 @@ from chalicelib.approvals.store.base import (
     CallbackRecord,
     StoreBase,
     _Cancelled,
-    _head_view,
     _n,
     _plain,
     _s,
@@ -28,6 +27,18 @@ from chalicelib.approvals.store.doubt import _doubt_sets, _superseding_doubt
 from chalicelib.approvals.store.retries import _TRIES
 from chalicelib.errors import ServiceUnavailableError
 from chalicelib.runtime.logs import logger
+
+
+def _head_view(head: dict | None) -> states.Head | None:
+    """What the callback rules read of the HEAD (base._RULED_FIELDS, which a ruled write
+    conditions on)."""
+    if head is None:
+        return None
+    return states.Head(status=head["status"], attempt_id=head["attemptId"],
+                       business_id=head.get("businessId"),
+                       in_doubt=tuple(head.get("inDoubt", ())),
+                       owed_terminate=tuple(head.get("owedTerminate", ())),
+                       agreed_elsewhere=tuple(head.get("agreedElsewhere", ())))
 
 
 class CallbackStore(StoreBase):
