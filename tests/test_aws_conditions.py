@@ -322,6 +322,9 @@ def test_an_agreement_after_a_revocation_holds_the_code_whichever_callback_comes
     outside = model.create_elsewhere("AC-15")
     second = deliver(store, model.decide(outside, "agree"), audit_type="PAYMENT")
     assert second.status == "AGREED"
+    waiting = [a["waitingForRevocation"] for a in store.history("AC-15")["attempts"]
+               if a["status"] == "AGREED" and "waitingForRevocation" in a]
+    assert waiting == [True]  # one of the two AGREED attempts, not the current one
     late = deliver(store, revocation)
     assert (late.disposition, late.status) == ("applied", "AGREED")
     now = head(store, "AC-15")

@@ -77,6 +77,8 @@ class ReadStore(StoreBase):
                     for name in ("leaseExpiresAt", "businessId"):
                         if name in head:
                             item[name] = head[name]
+                elif item["attemptId"] in head.get("agreedElsewhere", ()):
+                    item["waitingForRevocation"] = True  # a second agreed instance's
                 if item.get("businessId"):
                     owners[item["businessId"]] = item["attemptId"]
                 attempts.append(item)
