@@ -200,15 +200,19 @@ def install_unique_stream_subscriptions() -> None:
     LambdaBackend.create_event_source_mapping = create_event_source_mapping
 
 
+# Held by SerializedApp for each request; an SQS long poll lets go of it while it waits.
+_REQUEST_LOCK = threading.Lock()
+_LONG_POLL_STEP_SECONDS = 0.05
+
+
 class SerializedApp:
     """A WSGI app that runs ``app`` for one request at a time, body included."""
 
     def __init__(self, app):
         self._app = app
-        self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
-        with self._lock:
+        with _REQUEST_LOCK:
             result = self._app(environ, start_response)
             try:
                 body = list(result)
@@ -217,6 +221,28 @@ class SerializedApp:
                 if close is not None:
                     close()
         return body
+
+
+def install_long_polls_that_wait_alone() -> None:
+    """Make an SQS long poll (``WaitTimeSeconds``) wait without holding up every other request,
+    as on AWS.
+
+    moto waits inside the request, for up to a second at a time, and SerializedApp holds its lock
+    for the whole request: every call to the emulator queued behind each consumer's poll, and the
+    message the poll was waiting for could never be sent meanwhile. The wait here lets go of the
+    lock and looks again every 50 ms; moto's loop re-reads the queue under the lock each time."""
+    import time
+
+    from moto.sqs.models import Queue
+
+    def wait_for_messages(self, timeout: int) -> None:
+        _REQUEST_LOCK.release()
+        try:
+            time.sleep(min(timeout, _LONG_POLL_STEP_SECONDS))
+        finally:
+            _REQUEST_LOCK.acquire()
+
+    Queue.wait_for_messages = wait_for_messages
 
 
 def install_task_failure_cause() -> None:
@@ -301,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     install_transaction_item_authorization()
     install_unique_stream_subscriptions()
     install_task_failure_cause()
+    install_long_polls_that_wait_alone()
     install_replay_window_and_filter()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False

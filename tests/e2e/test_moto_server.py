@@ -1,9 +1,11 @@
 """sandbox.moto_server: moto with serialized requests and cheap transaction snapshots must still
-roll a cancelled TransactWriteItems back completely, and must survive concurrent transactions."""
+roll a cancelled TransactWriteItems back completely, must survive concurrent transactions, and
+must let an SQS long poll wait without holding up the other requests, as AWS does."""
 from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
@@ -15,20 +17,28 @@ from sandbox.stack import ManagedProcess, free_port
 
 
 @pytest.fixture(scope="module")
-def dynamodb(tmp_path_factory):
+def moto_url(tmp_path_factory):
     port = free_port()
     process = ManagedProcess(
         "moto", [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1", "-p", str(port)],
         env=dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"),
         ready_url=f"http://127.0.0.1:{port}/moto-api/",
         log_path=tmp_path_factory.mktemp("moto") / "moto.log").start()
-    client = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                   region_name="us-east-1").client(
-        "dynamodb", endpoint_url=f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}"
+    process.stop()
+
+
+def _client(url: str, service: str):
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                 region_name="us-east-1").client(service, endpoint_url=url)
+
+
+@pytest.fixture(scope="module")
+def dynamodb(moto_url):
+    client = _client(moto_url, "dynamodb")
     client.create_table(**approvals_table_definition("approvals"))
     client.create_table(**nonces_table_definition("nonces"))
-    yield client
-    process.stop()
+    return client
 
 
 def _item(client, code, sk):
@@ -82,3 +92,17 @@ def test_concurrent_transactions_all_succeed(dynamodb):
     with ThreadPoolExecutor(max_workers=16) as pool:
         assert sorted(pool.map(write, range(200))) == list(range(200))
     assert all(_item(dynamodb, f"P{i}", "HEAD") for i in (0, 99, 199))
+
+
+def test_a_message_sent_during_a_long_poll_is_the_polls_answer(moto_url):
+    # A consumer long-polls an empty queue; the producer's send, made meanwhile on the same
+    # emulator, must get through and reach that poll (with the poll holding every request up,
+    # the send waited for the poll's end and the poll came back empty).
+    sqs = _client(moto_url, "sqs")
+    queue = sqs.create_queue(QueueName="long-poll")["QueueUrl"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        poll = pool.submit(sqs.receive_message, QueueUrl=queue, WaitTimeSeconds=10)
+        time.sleep(0.5)  # the poll is waiting in the emulator by now
+        _client(moto_url, "sqs").send_message(QueueUrl=queue, MessageBody="approval")
+        messages = poll.result(timeout=15).get("Messages", [])
+    assert [message["Body"] for message in messages] == ["approval"]
