@@ -245,6 +245,25 @@ def install_long_polls_that_wait_alone() -> None:
     Queue.wait_for_messages = wait_for_messages
 
 
+def install_cheap_event_deliveries() -> None:
+    """Make moto deliver an event to an SQS target in time independent of the queue's size.
+
+    Each delivery reads the queue's attributes, which counts its messages, asking each message
+    whether it is visible through a datetime round trip, and parses the rule target's input paths
+    afresh (a JSONPath parser built per event): a queue nobody reads (the sandbox's internal app
+    until someone runs the example consumer) made every event slower than the one before. The
+    same answers, computed with the clock read as a float and each path parsed once."""
+    import functools
+    import time
+
+    import jsonpath_ng.ext
+    from moto.sqs.models import Message
+
+    jsonpath_ng.ext.parse = functools.lru_cache(maxsize=256)(jsonpath_ng.ext.parse)
+    Message.visible = property(lambda self: time.time() * 1000.0 > self.visible_at)
+    Message.delayed = property(lambda self: time.time() * 1000.0 < self.delayed_until)
+
+
 def install_task_failure_cause() -> None:
     """Make moto's SendTaskFailure keep its ``cause``, as AWS does.
 
@@ -328,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     install_unique_stream_subscriptions()
     install_task_failure_cause()
     install_long_polls_that_wait_alone()
+    install_cheap_event_deliveries()
     install_replay_window_and_filter()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False
