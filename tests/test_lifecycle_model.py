@@ -69,6 +69,7 @@ from chalicelib.errors import (
     UpstreamOutcomeUnknownError,
 )
 from chalicelib.runtime import aws
+from chalicelib.runtime.tables import ensure_tables
 from examples import approval_events_consumer as consumer
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
@@ -86,6 +87,8 @@ STEP_KINDS = ("send", "decide", "deliver", "send", "decide", "deliver", "revoke"
               "redeliver", "claim", "call_zeyi", "record_answer", "resolve", "elsewhere",
               "publish")
 _examples_run = 0  # the deep run says how far it got
+_examples_started = 0
+FRESH_TABLES_EVERY = 100  # examples (_fresh_tables)
 TRANSIENT = ("ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict")
 # Most calls go well; each fault still comes up in most runs of a few steps.
 faults = st.one_of(st.none(), st.sampled_from(FAULTS[1:]))
@@ -196,6 +199,10 @@ class FlakyBus:
 class Lifecycle(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
+        global _examples_started
+        _examples_started += 1
+        if _examples_started % FRESH_TABLES_EVERY == 0:
+            _fresh_tables()
         self.code = f"M-{uuid.uuid4().hex[:12]}"
         self.clock = Clock()
         self.dynamodb = FaultyDynamoDB(aws.client("dynamodb"))
@@ -592,6 +599,17 @@ class Lifecycle(RuleBasedStateMachine):
         all_events = [e for e in map(events.event_of, records) if e is not None]
         delivered = self._publish(records, set())
         self._consume(all_events, list(reversed(delivered)) + delivered[:1])
+
+
+def _fresh_tables() -> None:
+    """Empty tables: moto keeps every item and stream record in memory, and some of its work
+    grows with a table's size (a deep run slowed down until DynamoDB calls timed out). Each
+    example has a code of its own, so nothing carries over."""
+    dynamodb = aws.client("dynamodb")
+    for table in (APPROVALS_TABLE, NONCES_TABLE):
+        dynamodb.update_table(TableName=table, DeletionProtectionEnabled=False)
+        dynamodb.delete_table(TableName=table)
+    ensure_tables(dynamodb, APPROVALS_TABLE, NONCES_TABLE)
 
 
 # The examples run as independent shards, so that make test's workers share them instead of
