@@ -19,10 +19,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) -m sandbox.run
 
-# One pytest-xdist worker per core (at most 4: each worker on moto server starts its own, and
-# each one with end-to-end tests its own sandbox); TEST_WORKERS=0 runs in this process alone.
-TEST_WORKERS ?= auto
-XDIST := -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
+# Two pytest-xdist workers per core (at most 8): a test often waits (on a subprocess, a
+# server, a poll), and the other worker on its core runs meanwhile. Each worker on moto server
+# starts its own, and each one with end-to-end tests its own sandbox; worksteal hands each
+# worker a contiguous share (so the end-to-end tests keep to few sandboxes) and lets a worker
+# that is done take from the others. TEST_WORKERS=0 runs in this process alone.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, 2 * (os.cpu_count() or 1)))')
+XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 # Every test; the 15 slowest are listed at the end, so a slow new test shows the day it lands.
 test: $(STAMP)

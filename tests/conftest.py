@@ -66,9 +66,10 @@ PROCESS_FIXTURES = {"moto_server"}
 def pytest_collection_modifyitems(config, items):
     """Mark ``process`` every test that starts one: the end-to-end tests (tests/e2e/, or marked
     ``e2e``) and every test on moto server, so ``make check`` (``-m "not process"``) leaves them
-    out without anyone marking them by hand. A test that starts one itself (``subprocess``) carries the mark explicitly; the
-    ``_processes_are_marked`` guard says so when one is missing. tryfirst: xdist's own hook
-    reads the marks (``xdist_group``) when a run chooses ``--dist loadgroup``."""
+    out without anyone marking them by hand. A test that starts one itself (``subprocess``)
+    carries the mark explicitly; the ``_processes_are_marked`` guard says so when one is missing.
+    tryfirst: xdist's own hook reads the marks (``xdist_group``) when a run chooses ``--dist
+    loadgroup``."""
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
                 or item.get_closest_marker("e2e") is not None \
