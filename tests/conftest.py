@@ -75,6 +75,23 @@ def pytest_collection_modifyitems(config, items):
                 or item.get_closest_marker("e2e") is not None \
                 or E2E_DIR in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.process)
+    _spread(items)
+
+
+def _spread(items) -> None:
+    """The tests marked ``spread`` (the lifecycle model's shards) go evenly through the run, the
+    first at its start. make test's ``--dist worksteal`` gives each worker a contiguous share of
+    the collection, so they start on different workers instead of queuing on one, each behind
+    the other (about 3 minutes on one worker, measured). Every worker sorts alike, as xdist
+    requires."""
+    spread = [item for item in items if item.get_closest_marker("spread") is not None]
+    if not spread:
+        return
+    rest = [item for item in items if item.get_closest_marker("spread") is None]
+    step = len(items) / len(spread)
+    for index, item in enumerate(spread):
+        rest.insert(int(index * step), item)
+    items[:] = rest
 
 
 @pytest.fixture(autouse=True)

@@ -40,8 +40,8 @@ After every step:
   previousStatus is the status before it), and a consumer following the ordering contract acts on
   every status change exactly once and ends on the record's status, whatever the delivery order.
 
-``make test`` runs the default profile (300 examples, in 3 shards that pytest-xdist's workers
-share); ``HYPOTHESIS_PROFILE=deep`` runs thousands
+``make test`` runs the default profile (300 examples, in 4 shards that pytest-xdist's workers
+share, each on a worker of its own: the ``spread`` mark); ``HYPOTHESIS_PROFILE=deep`` runs thousands
 with longer histories (LIFECYCLE_EXAMPLES and LIFECYCLE_STEPS override either).
 """
 from __future__ import annotations
@@ -614,9 +614,10 @@ def _fresh_tables() -> None:
 
 # The examples run as independent shards, so that make test's workers share them instead of
 # one worker running them all while the others wait (the model test was the run's longest path).
-SHARDS = int(os.environ.get("LIFECYCLE_SHARDS", "3"))
+SHARDS = int(os.environ.get("LIFECYCLE_SHARDS", "4"))
 
 
+@pytest.mark.spread
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("shard", range(SHARDS))
 def test_the_record_follows_zeyi_in_every_order(aws_env, shard):
