@@ -31,6 +31,27 @@ GATEWAY_LOGGER = "approval-gateway"
 
 
 @contextlib.contextmanager
+def chalice_build_lock(project_dir):
+    """Hold the project's build lock while chalice builds packages (package or deploy).
+
+    chalice caches each Lambda zip under ``.chalice/deployments`` and writes it in place, while a
+    second chalice run that finds the file takes it as complete: two builds at once (two
+    terminals, or the tests' parallel workers) could ship a half-written zip. The second one
+    waits here instead."""
+    import fcntl
+    from pathlib import Path
+
+    directory = Path(project_dir) / ".chalice" / "deployments"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".build.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def quiet_gateway():
     """Keep the gateway's JSON log lines and EMF metric lines (written for CloudWatch by the
     chalicelib code a command runs) out of an operator's terminal: the command says what

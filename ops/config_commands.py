@@ -61,7 +61,36 @@ def local_problems(stage: Stage) -> list[str]:
         if policy.get("Version") != "2012-10-17" or not policy.get("Statement"):
             problems.append(f"policy file {path.name} of {function}: no Version 2012-10-17 or "
                             "no Statement")
+    problem = public_url_problem(stage)
+    if problem:
+        problems.append(problem)
     return problems
+
+
+def deployed_api_url(stage: Stage) -> str | None:
+    """The REST API's URL chalice recorded for the stage (``.chalice/deployed/<stage>.json``), or
+    None before the first complete deploy."""
+    path = stage.path.parent / "deployed" / f"{stage.name}.json"
+    try:
+        deployed = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for resource in deployed.get("resources", []) if isinstance(deployed, dict) else []:
+        if isinstance(resource, dict) and resource.get("rest_api_url"):
+            return str(resource["rest_api_url"]).rstrip("/")
+    return None
+
+
+def public_url_problem(stage: Stage) -> str | None:
+    """PUBLIC_BASE_URL (file links are built on it) can only be known once the API exists, so it
+    is a problem only once the stage is deployed: then every send with a file field answers
+    500 CONFIG_ERROR until it is set."""
+    url = deployed_api_url(stage)
+    if url is None or stage.setting(settings.PUBLIC_BASE_URL).strip():
+        return None
+    return (f"PUBLIC_BASE_URL is not set, though the stage is deployed: every send with a file "
+            f"field answers 500 CONFIG_ERROR; set it in stages.{stage.name}.environment_variables"
+            f" to the public API's URL ({url}, or its custom domain) and deploy again")
 
 
 # The two deploy paths (docs/operations.md, "First deploy"): `python -m ops deploy` (chalice

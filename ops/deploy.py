@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from ops.common import OpsError, region_from_environment
+from ops.common import OpsError, chalice_build_lock, region_from_environment
 from ops.config_commands import CHALICE, check_stage
 from ops.package import chalice_command
 from ops.stage_config import PROJECT_DIR, load_stage
@@ -78,7 +78,8 @@ def deploy_command(args) -> int:
             print(line, flush=True)
     print(f"stage {stage.name} in {region}: checks passed; running chalice deploy --stage "
           f"{stage.name}", flush=True)
-    status = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode
+    with chalice_build_lock(stage.path.parent.parent):
+        status = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode
     if status != 0:
         print(f"error: chalice deploy failed (exit {status}); "
               + ("" if deployed.exists() else f"{deployed} was not written; ")
@@ -93,4 +94,9 @@ def deploy_command(args) -> int:
         session = aws_session(region or args.region)
         for line in configure_mapping(client(session, "lambda"), client(session, "sqs"), stage):
             print(line)
+        from ops.config_commands import public_url_problem
+
+        problem = public_url_problem(stage)
+        if problem:
+            print(f"next: {problem}")
     return status

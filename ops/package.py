@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.common import chalice_build_lock
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET_BYTES = 10 * 1024 * 1024
 INSTALL_FAILURE = "Could not install dependencies"
@@ -123,8 +125,9 @@ def package(stage: str, out_dir: Path, *, project_dir: Path = PROJECT_DIR,
     # The package is region-independent (the template uses AWS::Region / AWS::Partition), but
     # chalice refuses to run without a region.
     env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION") or "us-east-1")
-    completed = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True,
-                               timeout=timeout_seconds, check=False)
+    with chalice_build_lock(project_dir):
+        completed = subprocess.run(command, cwd=project_dir, env=env, capture_output=True,
+                                   text=True, timeout=timeout_seconds, check=False)
     output = completed.stdout + completed.stderr
     if completed.returncode != 0:
         raise PackageError(f"chalice package --stage {stage} failed "

@@ -17,6 +17,7 @@ import pytest
 import app  # noqa: F401
 from chalicelib.runtime import settings
 from ops.cli import build_parser, main
+from ops.common import chalice_build_lock
 from ops.stage_config import CONFIG_PATH
 from tests import conftest
 
@@ -184,3 +185,17 @@ def test_output_cut_short_by_the_reader_is_not_an_error(capsys):
         pipe.close()
     assert status == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.process
+def test_two_chalice_builds_of_one_project_take_turns(tmp_path):
+    # chalice writes its cached zips in place and trusts any it finds: a second build waits for
+    # the first (ops.package, ops deploy) instead of shipping a half-written zip.
+    other = [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+             "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+             str(tmp_path / ".chalice" / "deployments" / ".build.lock")]
+    with chalice_build_lock(tmp_path):
+        held = subprocess.run(other, capture_output=True, text=True, check=False)
+    free = subprocess.run(other, capture_output=True, text=True, check=False)
+    assert held.returncode != 0 and "BlockingIOError" in held.stderr
+    assert free.returncode == 0, free.stderr

@@ -299,3 +299,26 @@ def test_the_cloudformation_path_checks_what_its_stack_made(empty_aws, capsys, t
                              "cloudformation", "--config", config)
     assert status == 1
     assert "secret test/token-key: field keys must be a non-empty list" in problems_of(out)
+
+
+def test_a_deployed_stage_without_its_public_url_is_not_ready(empty_aws, capsys, tmp_path):
+    # File links are built on PUBLIC_BASE_URL, which exists only once the API does: before the
+    # first deploy its absence is no problem, after it every send with a file would answer 500.
+    config = bootstrapped(tmp_path, stage_settings=VPC)
+    capsys.readouterr()
+    assert run_ops(capsys, "config", "check", "--stage", "dev", "--config", config)[0] == 0
+    url = "https://abc123.execute-api.us-east-1.amazonaws.com/api"
+    (config.parent / "deployed").mkdir()
+    (config.parent / "deployed" / "dev.json").write_text(json.dumps({"resources": [
+        {"name": "rest_api", "resource_type": "rest_api", "rest_api_id": "abc123",
+         "rest_api_url": url + "/"}], "schema_version": "2.0"}), encoding="utf-8")
+    status, out, _ = run_ops(capsys, "config", "check", "--stage", "dev", "--config", config)
+    assert status == 1
+    assert problems_of(out) == [
+        "PUBLIC_BASE_URL is not set, though the stage is deployed: every send with a file field"
+        " answers 500 CONFIG_ERROR; set it in stages.dev.environment_variables to the public"
+        f" API's URL ({url}, or its custom domain) and deploy again"]
+    configured = json.loads(config.read_text(encoding="utf-8"))
+    configured["stages"]["dev"]["environment_variables"]["PUBLIC_BASE_URL"] = url
+    config.write_text(json.dumps(configured), encoding="utf-8")
+    assert run_ops(capsys, "config", "check", "--stage", "dev", "--config", config)[0] == 0
