@@ -335,7 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sandbox.moto_server")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no request log (a tenth of moto's time when nobody reads it)")
     args = parser.parse_args(argv)
+    if args.quiet:
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

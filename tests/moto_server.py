@@ -31,7 +31,8 @@ class MotoServer:
         env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                    **{PARENT_PID_ENV: str(os.getpid())}, **self.env)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "sandbox.moto_server", "-H", "127.0.0.1", "-p", str(self.port),
+             "--quiet"],  # its output goes nowhere
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
