@@ -40,7 +40,7 @@ After every step:
   previousStatus is the status before it), and a consumer following the ordering contract acts on
   every status change exactly once and ends on the record's status, whatever the delivery order.
 
-``make test`` runs the default profile (200 examples, in 4 shards that pytest-xdist's workers
+``make test`` runs the default profile (300 examples, in 4 shards that pytest-xdist's workers
 share, each on a worker of its own: the ``spread`` mark); ``HYPOTHESIS_PROFILE=deep`` runs thousands
 with longer histories (LIFECYCLE_EXAMPLES and LIFECYCLE_STEPS override either).
 """
@@ -75,7 +75,7 @@ from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
 from tests.zeyi_model import AGREED, FAULTS, PENDING, REFUSED, TERMINATED, Callback, ZeyiModel
 
-PROFILES = {"default": (200, 14), "deep": (1500, 16)}
+PROFILES = {"default": (300, 14), "deep": (1500, 16)}
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
 EXAMPLES = int(os.environ.get("LIFECYCLE_EXAMPLES", PROFILES[PROFILE][0]))
 STEPS = int(os.environ.get("LIFECYCLE_STEPS", PROFILES[PROFILE][1]))
