@@ -22,6 +22,7 @@ from chalicelib.errors import (
 from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE
+from tests.racing_store import RacingStore
 from tests.zeyi_model import Callback, ZeyiModel
 
 LEASE_SECONDS = 120
@@ -360,24 +361,11 @@ def test_two_revoked_agreements_leave_the_code_revoked_in_any_order(store, model
     assert send(store, model, "AC-17")["result"]["status"] == "PENDING"  # the code is free
 
 
-class RulingRace(DynamoDBApprovalStore):
-    """The real store, running ``between`` once between a callback's read of the HEAD and its
-    write (another container's callback, say)."""
-
-    between = None
-
-    def _ruled_head(self, *args, **kwargs):
-        if self.between is not None:
-            between, self.between = self.between, None
-            between()
-        return super()._ruled_head(*args, **kwargs)
-
-
 def test_two_waiting_agreements_written_at_once_both_wait_for_the_revocations(aws_env, clock,
                                                                               model):
     # Three agreed instances, each revoked before the next began; the agreements arrive first,
     # and two of them race in two containers: neither may drop the other from agreedElsewhere.
-    store = RulingRace(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE, clock=clock,
+    store = RacingStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE, clock=clock,
                        sleep=Sleeps())
     send(store, model, "AC-18")
     revocations = []
@@ -390,7 +378,7 @@ def test_two_waiting_agreements_written_at_once_both_wait_for_the_revocations(aw
     agreements.append(model.decide(held, "agree"))
     deliver(store, agreements[0])
     deliver(store, agreements[1])
-    store.between = lambda: deliver(store, agreements[3])
+    store.between_ruling = lambda: deliver(store, agreements[3])
     deliver(store, agreements[2])
     for revocation in revocations:
         assert deliver(store, revocation).status == "AGREED"

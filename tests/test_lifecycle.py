@@ -24,6 +24,7 @@ from chalicelib.errors import (
 from chalicelib.runtime import aws
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE
+from tests.racing_store import RacingStore
 from tests.test_callback_route import CALLBACK, history, token_for
 from tests.zeyi_model import Callback, ZeyiModel
 
@@ -83,18 +84,6 @@ def test_a_callback_of_an_older_instance_never_moves_the_current_one(store, zeyi
         ("AGREED", second.business_id), ("REFUSED", first.business_id)]
 
 
-class RacingStore(DynamoDBApprovalStore):
-    """Runs ``between`` once, after a claim has read the HEAD and before it writes."""
-
-    between = None
-
-    def _claim_items(self, *args, **kwargs):
-        if self.between is not None:
-            between, self.between = self.between, None
-            between()
-        return super()._claim_items(*args, **kwargs)
-
-
 @pytest.mark.parametrize("before", ["submitting past its lease", "failed with a send in doubt"])
 def test_a_callback_landing_inside_a_claim_is_never_overwritten(aws_env, clock, zeyi, before):
     store = RacingStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE, clock=clock)
@@ -108,7 +97,7 @@ def test_a_callback_landing_inside_a_claim_is_never_overwritten(aws_env, clock, 
             send(store, zeyi, "HT-2")
         assert status(store, "HT-2") == "FAILED"
     agree = zeyi.decide(instance, "agree")
-    store.between = lambda: deliver(store, agree)
+    store.between_claim = lambda: deliver(store, agree)
 
     with pytest.raises(ApprovalActiveError) as caught:
         send(store, zeyi, "HT-2")

@@ -57,7 +57,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from chalicelib.approvals import events, outbound, states
-from chalicelib.approvals.store import CallbackRecord, DynamoDBApprovalStore
+from chalicelib.approvals.store import CallbackRecord
 from chalicelib.errors import (
     ApprovalActiveError,
     ApprovalNotCancellableError,
@@ -73,6 +73,7 @@ from chalicelib.runtime.tables import ensure_tables
 from examples import approval_events_consumer as consumer
 from tests import peer
 from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
+from tests.racing_store import RacingStore
 from tests.zeyi_model import AGREED, FAULTS, PENDING, REFUSED, TERMINATED, Callback, ZeyiModel
 
 PROFILES = {"default": (300, 14), "deep": (1500, 16)}
@@ -130,27 +131,15 @@ class FaultyDynamoDB:
         return self._client.transact_write_items(**kwargs)
 
 
-class RacingStore(DynamoDBApprovalStore):
-    """The real store, with hooks between a claim's read and its write and between a ruled
-    callback's read and its write (each run once), and a record of what each try of a claim read
-    before it wrote."""
+class RecordingStore(RacingStore):
+    """The racing store, with a record of what each try of a claim read before it wrote."""
 
-    between_claim = None
-    between_ruling = None
     claim_reads: list
 
     def _claim_items(self, code, head, *args, **kwargs):
-        if self.between_claim is not None:
-            between, self.between_claim = self.between_claim, None
-            between()
+        self._race("between_claim")  # first, as the store's own claim sees the time after it
         self.claim_reads.append((head, self._now_ms()))
         return super()._claim_items(code, head, *args, **kwargs)
-
-    def _ruled_head(self, *args, **kwargs):
-        if self.between_ruling is not None:
-            between, self.between_ruling = self.between_ruling, None
-            between()
-        return super()._ruled_head(*args, **kwargs)
 
 
 class LoseNextAnswer:
@@ -206,7 +195,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.code = f"M-{uuid.uuid4().hex[:12]}"
         self.clock = Clock()
         self.dynamodb = FaultyDynamoDB(aws.client("dynamodb"))
-        self.store = RacingStore(self.dynamodb, APPROVALS_TABLE, NONCES_TABLE,
+        self.store = RecordingStore(self.dynamodb, APPROVALS_TABLE, NONCES_TABLE,
                                  clock=self.clock, sleep=lambda seconds: None)
         self.store.claim_reads = []
         self.zeyi = ZeyiModel()
