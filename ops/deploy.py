@@ -15,7 +15,7 @@ import sys
 import time
 
 from ops.common import OpsError, chalice_build_lock, region_from_environment
-from ops.config_commands import CHALICE, check_stage
+from ops.config_commands import CHALICE, check_stage, public_url_problem
 from ops.package import chalice_command
 from ops.stage_config import PROJECT_DIR, load_stage
 
@@ -94,8 +94,6 @@ def deploy_command(args) -> int:
         session = aws_session(region or args.region)
         for line in configure_mapping(client(session, "lambda"), client(session, "sqs"), stage):
             print(line)
-        from ops.config_commands import public_url_problem
-
         problem = public_url_problem(stage)
         if problem:
             print(f"next: {problem}")
