@@ -5,8 +5,9 @@ touches while other request threads write to them, and under concurrent load (th
 burst test: 16 sends at once) it answers HTTP 500 "dictionary changed size during iteration".
 Real DynamoDB applies each request atomically; serializing the requests here gives the gateway
 that same guarantee, so a 500 from the emulator is never mistaken for a gateway bug. Connections
-are still accepted concurrently. Transactions also snapshot only what they can change (see
-``install_cheap_transaction_snapshots``), so the sandbox does not slow down as its tables grow.
+are still accepted concurrently. ``sandbox.moto_speedups`` makes moto cheaper per request with the
+same answers (transactions snapshot only what they can change, so the sandbox does not slow down
+as its tables grow).
 PutEvents can be made to fail on request (``sandbox.aws_faults``). An S3 POST upload's policy is
 enforced as S3 does (``sandbox.s3_post_policy``; moto itself stores whatever a POST carries).
 
@@ -28,80 +29,10 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug import serving as werkzeug_serving
 from werkzeug.serving import run_simple
 
+from sandbox import moto_speedups
 from sandbox.aws_faults import FaultInjector
 from sandbox.lifeline import die_with_parent
 from sandbox.s3_post_policy import S3PostPolicy
-
-
-def install_cheap_transaction_snapshots() -> None:
-    """Make moto's TransactWriteItems snapshot only what a transaction can change.
-
-    moto 5 deep-copies every table a transaction touches, to roll back if one of its conditions
-    fails: O(table size) per transaction, which makes the sandbox slower with every approval it
-    has seen (a burst of sends then exceeds the gateway's DynamoDB read timeout). A transaction
-    only writes the items whose keys it names, so the snapshot here shares every other item
-    and deep-copies only the item collections of the partition keys named. Only safe because
-    SerializedApp runs one request at a time (the module's ``copy`` is swapped for the call).
-    """
-    import copy as copy_module
-    from collections import defaultdict
-
-    import moto.dynamodb.models as models
-    from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.dynamodb.models.table import Table
-
-    original = models.DynamoDBBackend.transact_write_items
-
-    def snapshot(table: Table, partitions: set) -> Table:
-        clone = copy_module.copy(table)
-        clone.items = defaultdict(dict)
-        for partition, content in table.items.items():
-            clone.items[partition] = dict(content) if table.range_key_attr else content
-        for partition in partitions:
-            if partition in table.items:
-                clone.items[partition] = copy_module.deepcopy(table.items[partition])
-        return clone
-
-    class CheapCopy:
-        def __init__(self, partitions: dict[str, set]):
-            self._partitions = partitions
-
-        def __getattr__(self, name):
-            return getattr(copy_module, name)
-
-        def deepcopy(self, value, memo=None):
-            if isinstance(value, Table):
-                return snapshot(value, self._partitions.get(value.name, set()))
-            return copy_module.deepcopy(value, memo)
-
-    def transact_write_items(self, transact_items):
-        partitions: dict[str, set] = {}
-        for entry in transact_items:
-            for operation in entry.values():
-                table = self.tables.get(operation.get("TableName"))
-                key = (operation.get("Item") or operation.get("Key") or {}) if table else {}
-                if table is not None and table.hash_key_attr in key:
-                    partitions.setdefault(table.name, set()).add(
-                        DynamoType(key[table.hash_key_attr]))
-        # moto applies a transaction's writes one by one, each streaming its record, and rolls
-        # the tables back to their snapshots when one fails. DynamoDB never streams a cancelled
-        # transaction, so the records it added go too; the shard object itself stays the same,
-        # as the readers' shard iterators hold it.
-        shards = {name: (table.stream_shard, len(table.stream_shard.items))
-                  for name, table in self.tables.items()
-                  if name in partitions and table.stream_shard is not None}
-        models.copy = CheapCopy(partitions)
-        try:
-            return original(self, transact_items)
-        except Exception:
-            for name, (shard, length) in shards.items():
-                del shard.items[length:]
-                self.tables[name].stream_shard = shard
-            raise
-        finally:
-            models.copy = copy_module
-
-    models.DynamoDBBackend.transact_write_items = transact_write_items
 
 
 def install_one_stream_record_per_write() -> None:
@@ -245,25 +176,6 @@ def install_long_polls_that_wait_alone() -> None:
     Queue.wait_for_messages = wait_for_messages
 
 
-def install_cheap_event_deliveries() -> None:
-    """Make moto deliver an event to an SQS target in time independent of the queue's size.
-
-    Each delivery reads the queue's attributes, which counts its messages, asking each message
-    whether it is visible through a datetime round trip, and parses the rule target's input paths
-    afresh (a JSONPath parser built per event): a queue nobody reads (the sandbox's internal app
-    until someone runs the example consumer) made every event slower than the one before. The
-    same answers, computed with the clock read as a float and each path parsed once."""
-    import functools
-    import time
-
-    import jsonpath_ng.ext
-    from moto.sqs.models import Message
-
-    jsonpath_ng.ext.parse = functools.lru_cache(maxsize=256)(jsonpath_ng.ext.parse)
-    Message.visible = property(lambda self: time.time() * 1000.0 > self.visible_at)
-    Message.delayed = property(lambda self: time.time() * 1000.0 < self.delayed_until)
-
-
 def install_task_failure_cause() -> None:
     """Make moto's SendTaskFailure keep its ``cause``, as AWS does.
 
@@ -345,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        install_cheap_transaction_snapshots()
+        moto_speedups.install()
     except (ImportError, AttributeError) as error:  # another moto version: correct, just slower
         print(f"sandbox.moto_server: running moto unpatched ({error})", file=sys.stderr)
     install_one_stream_record_per_write()
@@ -353,7 +265,6 @@ def main(argv: list[str] | None = None) -> None:
     install_unique_stream_subscriptions()
     install_task_failure_cause()
     install_long_polls_that_wait_alone()
-    install_cheap_event_deliveries()
     install_replay_window_and_filter()
     # The log is a file: werkzeug's ANSI colours would only clutter it.
     werkzeug_serving._log_add_style = False

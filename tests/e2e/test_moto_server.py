@@ -1,6 +1,7 @@
 """sandbox.moto_server: moto with serialized requests and cheap transaction snapshots must still
 roll a cancelled TransactWriteItems back completely, must survive concurrent transactions, and
-must let an SQS long poll wait without holding up the other requests, as AWS does."""
+must let an SQS long poll wait without holding up the other requests, as AWS does; and its
+speed-ups (sandbox.moto_speedups) must answer as moto does."""
 from __future__ import annotations
 
 import os
@@ -106,3 +107,36 @@ def test_a_message_sent_during_a_long_poll_is_the_polls_answer(moto_url):
         _client(moto_url, "sqs").send_message(QueueUrl=queue, MessageBody="approval")
         messages = poll.result(timeout=15).get("Messages", [])
     assert [message["Body"] for message in messages] == ["approval"]
+
+
+def test_every_kind_of_attribute_value_comes_back_as_it_was_written(dynamodb, moto_url):
+    # sandbox.moto_speedups writes attribute values itself; a client sees what it stored, in
+    # GetItem's answer and in the stream's record alike.
+    streams = _client(moto_url, "dynamodbstreams")
+    arn = dynamodb.describe_table(TableName="approvals")["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][-1]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                          ShardIteratorType="LATEST")["ShardIterator"]
+    item = {"code": {"S": "KINDS"}, "sk": {"S": "HEAD"}, "text": {"S": "金润 approval"},
+            "empty": {"S": ""}, "number": {"N": "-12.5"}, "blob": {"B": b"\x00\xffzeyi"},
+            "texts": {"SS": ["a", "b"]}, "numbers": {"NS": ["1", "2"]},
+            "blobs": {"BS": [b"\x01", b"\x02"]}, "null": {"NULL": True},
+            "flag": {"BOOL": False},
+            "map": {"M": {"nested": {"L": [{"S": "x"}, {"M": {"deep": {"N": "3"}}}]}}}}
+    dynamodb.put_item(TableName="approvals", Item=item)
+    assert _item(dynamodb, "KINDS", "HEAD") == item
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    assert records[-1]["dynamodb"]["NewImage"] == item
+
+
+def test_kms_keys_still_sign_verify_and_encrypt(moto_url):
+    # sandbox.moto_speedups makes a key's RSA pair on first use.
+    kms = _client(moto_url, "kms")
+    signing = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="RSA_2048")["KeyMetadata"]["KeyId"]
+    signature = kms.sign(KeyId=signing, Message=b"approval", SigningAlgorithm="RSASSA_PSS_SHA_256")
+    assert kms.verify(KeyId=signing, Message=b"approval", Signature=signature["Signature"],
+                      SigningAlgorithm="RSASSA_PSS_SHA_256")["SignatureValid"]
+    assert kms.get_public_key(KeyId=signing)["PublicKey"]
+    symmetric = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=symmetric, Plaintext=b"secret")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"secret"
