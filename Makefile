@@ -8,6 +8,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test check lint demo package mutation bench clean
 
+# Keep bytecode (in __pycache__, which git ignores) even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE): otherwise each test worker, and each sandbox or CLI process a test
+# starts, compiles the project again, and pytest rewrites every test module's asserts again.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the Python packages of requirements-dev.txt into $(VENV): about 40 s the first"

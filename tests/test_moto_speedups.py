@@ -1,5 +1,6 @@
-"""sandbox.moto_speedups writes DynamoDB attribute values itself: byte for byte what moto's own
-serializer writes, for every kind of value DynamoDB holds, or nothing (moto's walk then does)."""
+"""sandbox.moto_speedups answers as moto does: it writes DynamoDB attribute values byte for byte
+as moto's own serializer does, for every kind of value DynamoDB holds, or leaves them to moto's
+walk; and it keeps an SQS message exactly as long as moto's retention check does."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from moto.core.serialize import XFormedAttributePicker, get_serializer_class
 from moto.core.utils import get_service_model
 
-from sandbox.moto_speedups import plain_attribute_value
+from sandbox.moto_speedups import message_within_retention, plain_attribute_value
 from tests.conftest import examples
 
 text = st.text(max_size=8)
@@ -75,3 +76,16 @@ def test_an_attribute_value_is_written_as_moto_writes_it(service, operation, wra
 ])
 def test_a_value_it_does_not_read_is_left_to_moto(value):
     assert plain_attribute_value(value, _serializer("dynamodb", "GetItem")._base64) is None
+
+
+@pytest.mark.parametrize("age_seconds", [0, 59, 61, 3600])
+def test_a_message_is_within_retention_exactly_when_moto_says_so(age_seconds):
+    from moto.sqs.models import SQSBackend
+
+    backend = SQSBackend("us-east-1", "123456789012")  # in memory: no server, no other test's
+    backend.create_queue("events", MessageRetentionPeriod="60")
+    message = backend.send_message("events", "approval")
+    message.sent_timestamp -= age_seconds * 1000
+    moto_says = SQSBackend.is_message_valid_based_on_retention_period(backend, "events", message)
+    assert message_within_retention(backend, "events", message) is moto_says
+    assert moto_says is (age_seconds < 60)

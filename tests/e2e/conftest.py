@@ -45,7 +45,8 @@ def pytest_collection_modifyitems(config, items):
 def stack(tmp_path_factory):
     sandbox = SandboxStack(gateway_port=free_port(), zeyi_port=free_port(), aws_port=free_port(),
                            log_dir=tmp_path_factory.mktemp("sandbox-logs"),
-                           simulator_args=SIMULATOR_ARGS, gateway_env=GATEWAY_ENV)
+                           simulator_args=SIMULATOR_ARGS, gateway_env=GATEWAY_ENV,
+                           aws_request_log=False)
     sandbox.start()
     yield sandbox
     sandbox.stop()

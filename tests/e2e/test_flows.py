@@ -148,7 +148,7 @@ def test_zeyi_rejects_a_gateway_with_a_wrong_outbound_secret(sandbox: Sandbox, s
     credentials = json.loads(stack.credentials_path.read_text(encoding="utf-8"))
     misconfigured = SandboxStack(
         gateway_port=free_port(), aws_port=free_port(), log_dir=tmp_path,
-        zeyi_url_override=stack.zeyi_url,
+        zeyi_url_override=stack.zeyi_url, aws_request_log=False,
         outbound_secret_override={**credentials["outbound"], "appSecret": WRONG_SECRET})
     with misconfigured:
         wrong = Sandbox(misconfigured.gateway_url, stack.zeyi_url)
