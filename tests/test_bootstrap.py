@@ -326,3 +326,34 @@ def test_a_log_group_kept_forever_gets_the_stages_retention(empty_aws, capsys):
     group = aws.client("logs").describe_log_groups(
         logGroupNamePrefix="/aws/lambda/jinrun-approval-gateway-prod")["logGroups"][0]
     assert group["retentionInDays"] == 365
+
+
+def test_the_tests_fresh_tables_are_the_ones_the_bootstrap_makes(empty_aws):
+    # tests/conftest.py makes each moto-server test's tables in five calls instead of through
+    # ensure_tables: they must stay the tables the bootstrap makes, whatever its definitions
+    # become.
+    from chalicelib.runtime.tables import ensure_tables, table_problems
+    from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, _fresh_tables
+
+    def described() -> dict:
+        dynamodb = aws.client("dynamodb")
+        tables = {}
+        for name in (APPROVALS_TABLE, NONCES_TABLE):
+            table = dynamodb.describe_table(TableName=name)["Table"]
+            for made_anew in ("CreationDateTime", "LatestStreamArn", "LatestStreamLabel",
+                              "TableArn", "TableId", "SSEDescription"):
+                table.pop(made_anew, None)
+            tables[name] = (
+                table, dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"],
+                dynamodb.describe_continuous_backups(TableName=name)[
+                    "ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"][
+                    "PointInTimeRecoveryStatus"])
+        return tables
+
+    ensure_tables(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE)
+    bootstrapped = described()
+    empty_aws.reset()
+    aws.reset()
+    _fresh_tables(aws.client("dynamodb"))
+    assert described() == bootstrapped
+    assert table_problems(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE) == []
