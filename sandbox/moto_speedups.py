@@ -150,6 +150,8 @@ def install_lazy_kms_keys() -> None:
             self._key = None
 
         def __getattr__(self, name):
+            if name.startswith("_"):  # copy and pickle probe before __init__ has run
+                raise AttributeError(name)
             if self._key is None:
                 self._key = generate(self._key_spec)
             return getattr(self._key, name)
