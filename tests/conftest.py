@@ -152,7 +152,7 @@ def aws_env(moto_server, monkeypatch):
     moto_server.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
     aws.reset()
-    _fresh_tables(aws.client("dynamodb"))
+    make_tables(aws.client("dynamodb"))
     secrets = aws.client("secretsmanager")
     for secret_id, value in {
         OUTBOUND_SECRET_ID: OUTBOUND,
@@ -164,11 +164,12 @@ def aws_env(moto_server, monkeypatch):
     aws.reset()
 
 
-def _fresh_tables(dynamodb) -> None:
+def make_tables(dynamodb) -> None:
     """Both tables as the bootstrap leaves them (the same definitions, point-in-time recovery,
-    TTL on the nonces), made on an empty moto server in five calls. ``ensure_tables`` first
-    looks at what is there, ten calls more for each of some 400 tests; the bootstrap's tests,
-    the lifecycle model and the sandbox still make the tables through it."""
+    TTL on the nonces), made where neither exists in five calls. ``ensure_tables`` first looks
+    at what is there, ten calls more for each of some 400 tests; the bootstrap's tests, the IAM
+    tests and the sandbox still make the tables through it (tests/test_bootstrap.py pins that
+    the two agree)."""
     from chalicelib.runtime.tables import (
         NONCE_TTL_ATTRIBUTE,
         approvals_table_definition,

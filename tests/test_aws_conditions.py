@@ -366,7 +366,7 @@ def test_two_waiting_agreements_written_at_once_both_wait_for_the_revocations(aw
     # Three agreed instances, each revoked before the next began; the agreements arrive first,
     # and two of them race in two containers: neither may drop the other from agreedElsewhere.
     store = RacingStore(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE, clock=clock,
-                       sleep=Sleeps())
+                        sleep=Sleeps())
     send(store, model, "AC-18")
     revocations = []
     agreements = []

@@ -329,11 +329,11 @@ def test_a_log_group_kept_forever_gets_the_stages_retention(empty_aws, capsys):
 
 
 def test_the_tests_fresh_tables_are_the_ones_the_bootstrap_makes(empty_aws):
-    # tests/conftest.py makes each moto-server test's tables in five calls instead of through
+    # tests/conftest.py makes each moto-server test's tables (make_tables) in five calls, not through
     # ensure_tables: they must stay the tables the bootstrap makes, whatever its definitions
     # become.
     from chalicelib.runtime.tables import ensure_tables, table_problems
-    from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, _fresh_tables
+    from tests.conftest import APPROVALS_TABLE, NONCES_TABLE, make_tables
 
     def described() -> dict:
         dynamodb = aws.client("dynamodb")
@@ -354,6 +354,6 @@ def test_the_tests_fresh_tables_are_the_ones_the_bootstrap_makes(empty_aws):
     bootstrapped = described()
     empty_aws.reset()
     aws.reset()
-    _fresh_tables(aws.client("dynamodb"))
+    make_tables(aws.client("dynamodb"))
     assert described() == bootstrapped
     assert table_problems(aws.client("dynamodb"), APPROVALS_TABLE, NONCES_TABLE) == []

@@ -69,10 +69,9 @@ from chalicelib.errors import (
     UpstreamOutcomeUnknownError,
 )
 from chalicelib.runtime import aws
-from chalicelib.runtime.tables import ensure_tables
 from examples import approval_events_consumer as consumer
 from tests import peer
-from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock
+from tests.conftest import APPROVALS_TABLE, INBOUND, NONCES_TABLE, Clock, make_tables
 from tests.racing_store import RacingStore
 from tests.zeyi_model import AGREED, FAULTS, PENDING, REFUSED, TERMINATED, Callback, ZeyiModel
 
@@ -89,7 +88,7 @@ STEP_KINDS = ("send", "decide", "deliver", "send", "decide", "deliver", "revoke"
               "publish")
 _examples_run = 0  # the deep run says how far it got
 _examples_started = 0
-FRESH_TABLES_EVERY = 100  # examples (_fresh_tables)
+FRESH_TABLES_EVERY = 100  # examples (_empty_tables)
 TRANSIENT = ("ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict")
 # Most calls go well; each fault still comes up in most runs of a few steps.
 faults = st.one_of(st.none(), st.sampled_from(FAULTS[1:]))
@@ -191,12 +190,12 @@ class Lifecycle(RuleBasedStateMachine):
         global _examples_started
         _examples_started += 1
         if _examples_started % FRESH_TABLES_EVERY == 0:
-            _fresh_tables()
+            _empty_tables()
         self.code = f"M-{uuid.uuid4().hex[:12]}"
         self.clock = Clock()
         self.dynamodb = FaultyDynamoDB(aws.client("dynamodb"))
         self.store = RecordingStore(self.dynamodb, APPROVALS_TABLE, NONCES_TABLE,
-                                 clock=self.clock, sleep=lambda seconds: None)
+                                    clock=self.clock, sleep=lambda seconds: None)
         self.store.claim_reads = []
         self.zeyi = ZeyiModel()
         self.delivered: dict[tuple, Callback] = {}
@@ -590,7 +589,7 @@ class Lifecycle(RuleBasedStateMachine):
         self._consume(all_events, list(reversed(delivered)) + delivered[:1])
 
 
-def _fresh_tables() -> None:
+def _empty_tables() -> None:
     """Empty tables: moto keeps every item and stream record in memory, and some of its work
     grows with a table's size (a deep run slowed down until DynamoDB calls timed out). Each
     example has a code of its own, so nothing carries over."""
@@ -598,7 +597,7 @@ def _fresh_tables() -> None:
     for table in (APPROVALS_TABLE, NONCES_TABLE):
         dynamodb.update_table(TableName=table, DeletionProtectionEnabled=False)
         dynamodb.delete_table(TableName=table)
-    ensure_tables(dynamodb, APPROVALS_TABLE, NONCES_TABLE)
+    make_tables(dynamodb)
 
 
 # The examples run as independent shards, so that make test's workers share them instead of
